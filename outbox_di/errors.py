@@ -1,0 +1,57 @@
+"""The exceptions outbox_di raises.
+
+Everything the library raises on purpose derives from :class:`OutboxError`; driver errors are
+translated into :class:`DatabaseError` at the repository boundary so callers need not know which
+driver is underneath.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class OutboxError(Exception):
+    """Base class of every error raised by outbox_di."""
+
+
+class SchemaNameError(OutboxError, ValueError):
+    """A schema name that cannot be used as a PostgreSQL identifier."""
+
+
+class ConfigError(OutboxError, ValueError):
+    """The configuration is invalid; ``problems`` lists every problem with its key path."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        listing = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"invalid outbox configuration ({len(self.problems)} problem(s)):\n{listing}")
+
+
+class UnsupportedSessionError(OutboxError, TypeError):
+    """``enqueue`` was given an object that is not a supported connection, cursor or session."""
+
+
+class NotInTransactionError(OutboxError):
+    """``enqueue`` was given a session with no open transaction.
+
+    Enqueueing outside a transaction would commit the event on its own, apart from the business
+    change it announces, which is exactly what an outbox exists to prevent.
+    """
+
+
+class MessageError(OutboxError, ValueError):
+    """A message that cannot be stored (for example a payload that is not JSON-serializable)."""
+
+
+class DatabaseError(OutboxError):
+    """A database operation failed; the driver's exception is the ``__cause__``."""
+
+
+class SchemaDriftError(OutboxError):
+    """A live schema differs from the rendered template; ``differences`` names each one."""
+
+    def __init__(self, schema: str, differences: Sequence[str]) -> None:
+        self.schema = schema
+        self.differences: tuple[str, ...] = tuple(differences)
+        listing = "\n".join(f"  - {item}" for item in self.differences)
+        super().__init__(f"schema {schema!r} differs from outbox_di's template:\n{listing}")

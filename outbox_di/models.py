@@ -1,0 +1,208 @@
+"""Messages that services enqueue and the events read back from the outbox and inbox tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from outbox_di import errors
+
+logger = logging.getLogger("outbox_di")
+
+Headers = Mapping[str, str]
+
+
+class OutboxStatus(str, enum.Enum):
+    """Lifecycle of an outbox row; ``in flight`` is a pending row with a live lease."""
+
+    PENDING = "pending"
+    PUBLISHED = "published"
+    DEAD = "dead"
+
+
+class InboxStatus(str, enum.Enum):
+    """Lifecycle of an inbox row."""
+
+    PENDING = "pending"
+    PROCESSED = "processed"
+    DEAD = "dead"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    """An event a service enqueues in its own transaction.
+
+    ``payload`` is stored as given when it is bytes; anything else is encoded as UTF-8 JSON.
+    ``event_id`` is generated at construction, so the caller knows it before enqueueing.
+    """
+
+    aggregate_type: str
+    aggregate_id: str | uuid.UUID | int
+    event_type: str
+    payload: Any = b""
+    headers: Headers = dataclasses.field(default_factory=dict)
+    event_id: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
+    available_at: dt.datetime | None = None
+    ordering_key: str | None = None
+
+    def payload_bytes(self) -> bytes:
+        """The exact bytes that will be published."""
+        return encode_payload(self.payload, self.event_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    """A message taken from the broker, before it is recorded in the inbox."""
+
+    event_id: str
+    event_type: str
+    payload: bytes
+    headers: Headers = dataclasses.field(default_factory=dict)
+    message_id: str | None = None
+    aggregate_type: str = ""
+    aggregate_id: str = ""
+    ordering_key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """A stored outbox row as read back."""
+
+    event_id: uuid.UUID
+    seq: int
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    payload: bytes
+    headers: dict[str, str]
+    ordering_key: str | None
+    status: OutboxStatus
+    created_at: dt.datetime
+    available_at: dt.datetime
+    published_at: dt.datetime | None
+    delivery_attempts: int
+    last_error: str | None
+    lock_token: uuid.UUID | None
+    locked_at: dt.datetime | None
+
+    def json(self) -> Any:
+        """The payload decoded as JSON."""
+        return json.loads(self.payload)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InboxEvent:
+    """A stored inbox row as read back."""
+
+    consumer: str
+    event_id: str
+    seq: int
+    message_id: str | None
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    payload: bytes
+    headers: dict[str, str]
+    ordering_key: str | None
+    status: InboxStatus
+    created_at: dt.datetime
+    available_at: dt.datetime
+    processed_at: dt.datetime | None
+    delivery_attempts: int
+    last_error: str | None
+    lock_token: uuid.UUID | None
+    locked_at: dt.datetime | None
+
+    def json(self) -> Any:
+        """The payload decoded as JSON."""
+        return json.loads(self.payload)
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode_payload(payload: Any, event_id: object = None) -> bytes:
+    """Bytes as they are; anything else as compact UTF-8 JSON."""
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    try:
+        return _dumps(payload).encode()
+    except (TypeError, ValueError) as exc:
+        raise errors.MessageError(
+            f"payload of event {event_id} is neither bytes nor JSON-serializable ({exc}); "
+            "pass bytes, or a value json.dumps accepts (dict, list, str, number, bool, None)"
+        ) from exc
+
+
+def encode_headers(headers: Headers, event_id: object = None) -> str:
+    """Headers as a JSON object of strings; anything else is a clear error before storage."""
+    if not headers:
+        return "{}"
+    for key, value in headers.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise errors.MessageError(
+                f"headers of event {event_id} must map str to str; got {key!r}: {value!r} "
+                "(convert the value with str() before enqueueing)"
+            )
+    return _dumps(dict(headers))
+
+
+def decode_headers(raw: object, event_id: object = None) -> dict[str, str]:
+    """Read stored headers tolerantly: a warning and a best effort, never an exception.
+
+    Rows written by other tools (or older code) may hold a JSON string, an array, or values that
+    are not strings. The relay must not stall on such a row, so it gets what can be salvaged.
+    """
+    if isinstance(raw, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        return raw
+    value = raw
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            logger.warning(
+                "headers of event %s are not JSON; ignoring them", event_id,
+                extra={"event_id": str(event_id)},
+            )
+            return {}
+        logger.warning(
+            "headers of event %s are stored as a JSON string, not an object; decoding it",
+            event_id,
+            extra={"event_id": str(event_id)},
+        )
+        if isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            return value
+    if isinstance(value, dict):
+        logger.warning(
+            "headers of event %s hold non-string values; converting them to strings", event_id,
+            extra={"event_id": str(event_id)},
+        )
+        return {
+            str(k): v if isinstance(v, str) else _dumps(v)
+            for k, v in value.items()
+        }
+    logger.warning(
+        "headers of event %s are not a JSON object (%s); ignoring them",
+        event_id, type(value).__name__,
+        extra={"event_id": str(event_id)},
+    )
+    return {}
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware (UTC)."""
+    return dt.datetime.now(dt.timezone.utc)

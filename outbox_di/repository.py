@@ -1,0 +1,460 @@
+"""Repositories over the outbox and inbox tables.
+
+``enqueue`` writes through the caller's own session, inside the caller's transaction (see
+:mod:`outbox_di.sessions`). Everything after that (claim, mark, reschedule, count) runs on the
+library's own aiopg pool, one autocommitted statement each. Every state change after a claim is
+fenced by the claim's lock token and returns how many rows it changed: a worker whose lease was
+taken over changes nothing and learns so from a 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import psycopg2
+
+from outbox_di import errors, models, schema, sessions
+
+Row = Sequence[Any]
+
+
+class _PoolRunner:
+    """Runs named queries on an aiopg pool, translating driver errors at the boundary."""
+
+    def __init__(self, pool: Any, queries: schema.Queries) -> None:
+        self._pool = pool
+        self.queries = queries
+
+    def _require_pool(self) -> Any:
+        if self._pool is None:
+            raise errors.OutboxError(
+                "this repository was built without a pool: only enqueue() and enqueue_sync() "
+                "work; build it with the aiopg pool (OutboxContainer does) to claim and mark"
+            )
+        return self._pool
+
+    async def fetch(self, name: str, values: Mapping[str, object]) -> list[Row]:
+        pool = self._require_pool()
+        try:
+            async with pool.acquire() as conn, conn.cursor() as cursor:
+                await cursor.execute(self.queries[name].sql, values)
+                return list(await cursor.fetchall())
+        except psycopg2.Error as exc:
+            raise errors.DatabaseError(f"{name} failed: {exc}".strip()) from exc
+
+    async def fetch_value(self, name: str, values: Mapping[str, object]) -> Any:
+        rows = await self.fetch(name, values)
+        return rows[0][0] if rows else None
+
+    async def change(self, name: str, values: Mapping[str, object]) -> int:
+        pool = self._require_pool()
+        try:
+            async with pool.acquire() as conn, conn.cursor() as cursor:
+                await cursor.execute(self.queries[name].sql, values)
+                return int(cursor.rowcount)
+        except psycopg2.Error as exc:
+            raise errors.DatabaseError(f"{name} failed: {exc}".strip()) from exc
+
+
+def _require_text(value: object, field: str, event_id: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise errors.MessageError(
+            f"{field} of event {event_id} must be a non-empty string, got {value!r}"
+        )
+    return value
+
+
+def _aggregate_id(value: object, event_id: object) -> str:
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (uuid.UUID, int)) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        raise errors.MessageError(
+            f"aggregate_id of event {event_id} must be a str, UUID or int, got {value!r}"
+        )
+    if not text:
+        raise errors.MessageError(f"aggregate_id of event {event_id} must not be empty")
+    return text
+
+
+def _as_uuid(value: object) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _as_optional_uuid(value: object) -> uuid.UUID | None:
+    return None if value is None else _as_uuid(value)
+
+
+class OutboxRepository:
+    """The outbox table of one schema.
+
+    ``pool`` is an aiopg pool; it may be ``None`` where only ``enqueue``/``enqueue_sync`` are
+    used (a web process that writes events but never relays them).
+    """
+
+    def __init__(self, pool: Any, schema_name: str, *, ordering: bool = False) -> None:
+        self.schema = schema.validate_schema_name(schema_name)
+        self.queries = schema.Queries(self.schema)
+        self.ordering = ordering
+        self._db = _PoolRunner(pool, self.queries)
+        self._insert = self.queries["outbox_insert"]
+        self._insert_many = self.queries["outbox_insert_many"]
+
+    # -- enqueue, in the caller's transaction ---------------------------------------------
+
+    def _row(self, message: models.Message) -> tuple[str, str, str, str, bytes, str, str | None]:
+        event_id = message.event_id
+        if not isinstance(event_id, uuid.UUID):
+            raise errors.MessageError(f"event_id must be a uuid.UUID, got {event_id!r}")
+        aggregate_id = _aggregate_id(message.aggregate_id, event_id)
+        ordering_key = message.ordering_key
+        if ordering_key is None and self.ordering:
+            ordering_key = aggregate_id
+        return (
+            str(event_id),
+            _require_text(message.aggregate_type, "aggregate_type", event_id),
+            aggregate_id,
+            _require_text(message.event_type, "event_type", event_id),
+            models.encode_payload(message.payload, event_id),
+            models.encode_headers(message.headers, event_id),
+            ordering_key,
+        )
+
+    def _insert_values(self, message: models.Message) -> dict[str, object]:
+        event_id, aggregate_type, aggregate_id, event_type, payload, headers, key = self._row(
+            message
+        )
+        return {
+            "event_id": event_id,
+            "aggregate_type": aggregate_type,
+            "aggregate_id": aggregate_id,
+            "event_type": event_type,
+            "payload": payload,
+            "headers": headers,
+            "ordering_key": key,
+            "available_at": message.available_at,
+        }
+
+    def _insert_many_values(self, messages: Sequence[models.Message]) -> dict[str, object]:
+        rows = [self._row(message) for message in messages]
+        columns = list(zip(*rows))
+        return {
+            "event_ids": list(columns[0]),
+            "aggregate_types": list(columns[1]),
+            "aggregate_ids": list(columns[2]),
+            "event_types": list(columns[3]),
+            "payloads": list(columns[4]),
+            "headers": list(columns[5]),
+            "ordering_keys": list(columns[6]),
+            "available_ats": [message.available_at for message in messages],
+        }
+
+    async def enqueue(self, session: object, message: models.Message) -> uuid.UUID:
+        """Insert ``message`` through ``session``, inside the caller's open transaction."""
+        await sessions.execute(session, self._insert, self._insert_values(message))
+        return message.event_id
+
+    async def enqueue_many(
+        self, session: object, messages: Iterable[models.Message]
+    ) -> list[uuid.UUID]:
+        """Insert all ``messages`` in one statement, inside the caller's open transaction."""
+        batch = list(messages)
+        if batch:
+            await sessions.execute(session, self._insert_many, self._insert_many_values(batch))
+        return [message.event_id for message in batch]
+
+    def enqueue_sync(self, session: object, message: models.Message) -> uuid.UUID:
+        """``enqueue`` for synchronous sessions (Django, psycopg, psycopg2, SQLAlchemy)."""
+        sessions.execute_sync(session, self._insert, self._insert_values(message))
+        return message.event_id
+
+    def enqueue_many_sync(
+        self, session: object, messages: Iterable[models.Message]
+    ) -> list[uuid.UUID]:
+        """``enqueue_many`` for synchronous sessions."""
+        batch = list(messages)
+        if batch:
+            sessions.execute_sync(session, self._insert_many, self._insert_many_values(batch))
+        return [message.event_id for message in batch]
+
+    # -- relay side, on the pool ------------------------------------------------------------
+
+    async def claim_pending(
+        self,
+        now: dt.datetime,
+        stale_before: dt.datetime,
+        limit: int,
+        lock_token: uuid.UUID,
+    ) -> list[models.OutboxEvent]:
+        """Lease up to ``limit`` due rows to ``lock_token``, oldest first.
+
+        Due: pending, ``available_at <= now``, and not leased or leased before
+        ``stale_before`` (``now - lock_ttl``). Rows that another claimer holds are skipped.
+        """
+        rows = await self._db.fetch(
+            "outbox_claim",
+            {
+                "now": now,
+                "stale_before": stale_before,
+                "limit": limit,
+                "lock_token": str(lock_token),
+            },
+        )
+        events = [self._event(row) for row in rows]
+        events.sort(key=lambda event: event.seq)
+        return events
+
+    async def mark_published(
+        self, event_ids: Iterable[uuid.UUID], lock_token: uuid.UUID, published_at: dt.datetime
+    ) -> int:
+        """Mark a whole batch published in one statement; only rows still leased to the token."""
+        ids = [str(event_id) for event_id in event_ids]
+        if not ids:
+            return 0
+        return await self._db.change(
+            "outbox_mark_published",
+            {"event_ids": ids, "lock_token": str(lock_token), "published_at": published_at},
+        )
+
+    async def reschedule(
+        self, event_id: uuid.UUID, lock_token: uuid.UUID, next_at: dt.datetime, error: str
+    ) -> int:
+        """Record a failed attempt and make the row due again at ``next_at``."""
+        return await self._db.change(
+            "outbox_reschedule",
+            {
+                "event_id": str(event_id),
+                "lock_token": str(lock_token),
+                "next_at": next_at,
+                "error": error,
+            },
+        )
+
+    async def mark_dead(self, event_id: uuid.UUID, lock_token: uuid.UUID, error: str) -> int:
+        """Dead-letter the row: kept with status ``dead`` and ``last_error``, never retried."""
+        return await self._db.change(
+            "outbox_mark_dead",
+            {"event_id": str(event_id), "lock_token": str(lock_token), "error": error},
+        )
+
+    async def release(self, event_ids: Iterable[uuid.UUID], lock_token: uuid.UUID) -> int:
+        """Give leased rows back unpublished (graceful stop), so nobody waits for the lease."""
+        ids = [str(event_id) for event_id in event_ids]
+        if not ids:
+            return 0
+        return await self._db.change(
+            "outbox_release", {"event_ids": ids, "lock_token": str(lock_token)}
+        )
+
+    async def count_pending(self) -> int:
+        """Rows not yet published nor dead (including those in flight)."""
+        return int(await self._db.fetch_value("outbox_count_pending", {}))
+
+    async def get(self, event_id: uuid.UUID) -> models.OutboxEvent | None:
+        """One row by id, or ``None``."""
+        rows = await self._db.fetch("outbox_get", {"event_id": str(event_id)})
+        return self._event(rows[0]) if rows else None
+
+    @staticmethod
+    def _event(row: Row) -> models.OutboxEvent:
+        event_id = _as_uuid(row[0])
+        return models.OutboxEvent(
+            event_id=event_id,
+            seq=row[1],
+            aggregate_type=row[2],
+            aggregate_id=row[3],
+            event_type=row[4],
+            payload=bytes(row[5]),
+            headers=models.decode_headers(row[6], event_id),
+            ordering_key=row[7],
+            status=models.OutboxStatus(row[8]),
+            created_at=row[9],
+            available_at=row[10],
+            published_at=row[11],
+            delivery_attempts=row[12],
+            last_error=row[13],
+            lock_token=_as_optional_uuid(row[14]),
+            locked_at=row[15],
+        )
+
+
+class InboxRepository:
+    """The inbox table of one schema; every method is scoped to one ``consumer``."""
+
+    def __init__(self, pool: Any, schema_name: str) -> None:
+        self.schema = schema.validate_schema_name(schema_name)
+        self.queries = schema.Queries(self.schema)
+        self._db = _PoolRunner(pool, self.queries)
+
+    @staticmethod
+    def _received_values(message: models.ReceivedMessage) -> dict[str, object]:
+        event_id = _require_text(message.event_id, "event_id", message.message_id)
+        return {
+            "event_id": event_id,
+            "message_id": message.message_id,
+            "aggregate_type": message.aggregate_type or "",
+            "aggregate_id": message.aggregate_id or "",
+            "event_type": _require_text(message.event_type, "event_type", event_id),
+            "payload": bytes(message.payload),
+            "headers": models.encode_headers(message.headers, event_id),
+            "ordering_key": message.ordering_key,
+        }
+
+    async def record_received(
+        self, consumer: str, message: models.ReceivedMessage, session: object = None
+    ) -> bool:
+        """Record ``message`` once per consumer; ``False`` when it was already there.
+
+        With ``session`` the insert joins the caller's transaction; without, it commits alone.
+        """
+        values = {"consumer": consumer, **self._received_values(message)}
+        if session is not None:
+            changed = await sessions.execute(session, self.queries["inbox_insert"], values)
+            return changed > 0
+        rows = await self._db.fetch("inbox_insert", values)
+        return bool(rows)
+
+    async def record_received_many(
+        self, consumer: str, messages: Sequence[models.ReceivedMessage]
+    ) -> int:
+        """Record a batch in one statement; returns how many were new (the rest are duplicates)."""
+        if not messages:
+            return 0
+        rows = [self._received_values(message) for message in messages]
+        values = {
+            "consumer": consumer,
+            "event_ids": [row["event_id"] for row in rows],
+            "message_ids": [row["message_id"] for row in rows],
+            "aggregate_types": [row["aggregate_type"] for row in rows],
+            "aggregate_ids": [row["aggregate_id"] for row in rows],
+            "event_types": [row["event_type"] for row in rows],
+            "payloads": [row["payload"] for row in rows],
+            "headers": [row["headers"] for row in rows],
+            "ordering_keys": [row["ordering_key"] for row in rows],
+        }
+        return len(await self._db.fetch("inbox_insert_many", values))
+
+    async def claim(
+        self,
+        consumer: str,
+        now: dt.datetime,
+        stale_before: dt.datetime,
+        limit: int,
+        lock_token: uuid.UUID,
+    ) -> list[models.InboxEvent]:
+        """Lease up to ``limit`` due inbox rows of ``consumer`` to ``lock_token``, oldest first."""
+        rows = await self._db.fetch(
+            "inbox_claim",
+            {
+                "consumer": consumer,
+                "now": now,
+                "stale_before": stale_before,
+                "limit": limit,
+                "lock_token": str(lock_token),
+            },
+        )
+        events = [self._event(row) for row in rows]
+        events.sort(key=lambda event: event.seq)
+        return events
+
+    async def mark_processed(
+        self,
+        consumer: str,
+        event_ids: Iterable[str],
+        lock_token: uuid.UUID,
+        processed_at: dt.datetime,
+        session: object = None,
+    ) -> int:
+        """Mark rows processed; with ``session``, inside the handler's own transaction."""
+        ids = list(event_ids)
+        if not ids:
+            return 0
+        values = {
+            "consumer": consumer,
+            "event_ids": ids,
+            "lock_token": str(lock_token),
+            "processed_at": processed_at,
+        }
+        if session is not None:
+            return await sessions.execute(session, self.queries["inbox_mark_processed"], values)
+        return await self._db.change("inbox_mark_processed", values)
+
+    async def record_error(
+        self,
+        consumer: str,
+        event_id: str,
+        lock_token: uuid.UUID,
+        next_at: dt.datetime,
+        error: str,
+    ) -> int:
+        """Record a failed handler run; the row is due again at ``next_at``."""
+        return await self._db.change(
+            "inbox_record_error",
+            {
+                "consumer": consumer,
+                "event_id": event_id,
+                "lock_token": str(lock_token),
+                "next_at": next_at,
+                "error": error,
+            },
+        )
+
+    async def mark_dead(
+        self, consumer: str, event_id: str, lock_token: uuid.UUID, error: str
+    ) -> int:
+        """Park the row as dead with ``last_error``; it is not retried."""
+        return await self._db.change(
+            "inbox_mark_dead",
+            {
+                "consumer": consumer,
+                "event_id": event_id,
+                "lock_token": str(lock_token),
+                "error": error,
+            },
+        )
+
+    async def release(self, consumer: str, event_ids: Iterable[str], lock_token: uuid.UUID) -> int:
+        """Give leased rows back unprocessed (graceful stop)."""
+        ids = list(event_ids)
+        if not ids:
+            return 0
+        return await self._db.change(
+            "inbox_release",
+            {"consumer": consumer, "event_ids": ids, "lock_token": str(lock_token)},
+        )
+
+    async def count_pending(self, consumer: str) -> int:
+        """Rows of ``consumer`` not yet processed nor dead."""
+        return int(await self._db.fetch_value("inbox_count_pending", {"consumer": consumer}))
+
+    async def get(self, consumer: str, event_id: str) -> models.InboxEvent | None:
+        """One row, or ``None``."""
+        rows = await self._db.fetch("inbox_get", {"consumer": consumer, "event_id": event_id})
+        return self._event(rows[0]) if rows else None
+
+    @staticmethod
+    def _event(row: Row) -> models.InboxEvent:
+        return models.InboxEvent(
+            consumer=row[0],
+            event_id=row[1],
+            seq=row[2],
+            message_id=row[3],
+            aggregate_type=row[4],
+            aggregate_id=row[5],
+            event_type=row[6],
+            payload=bytes(row[7]),
+            headers=models.decode_headers(row[8], row[1]),
+            ordering_key=row[9],
+            status=models.InboxStatus(row[10]),
+            created_at=row[11],
+            available_at=row[12],
+            processed_at=row[13],
+            delivery_attempts=row[14],
+            last_error=row[15],
+            lock_token=_as_optional_uuid(row[16]),
+            locked_at=row[17],
+        )

@@ -1,0 +1,235 @@
+"""Adapters that let ``enqueue`` join the caller's own transaction, whatever the driver.
+
+This is the only module that knows driver types, and it imports none of them: an adapter is
+chosen from the session's class (module and name), once per class, so a service that uses
+asyncpg never imports psycopg and vice versa.
+
+Supported sessions:
+
+* aiopg ``Connection`` or ``Cursor`` (inside an explicit ``BEGIN``: aiopg is always autocommit);
+* asyncpg ``Connection`` or pool connection (inside ``conn.transaction()``);
+* psycopg 3 ``AsyncConnection`` / ``AsyncCursor`` (and the sync twins, for ``enqueue_sync``);
+* SQLAlchemy ``AsyncConnection`` / ``AsyncSession`` (and sync ``Connection`` / ``Session``);
+* Django's connection (``django.db.connection`` or ``connections[alias]``), sync, inside
+  ``transaction.atomic()``;
+* psycopg2 ``connection`` / ``cursor`` (sync).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from outbox_di import errors
+from outbox_di.schema import Query
+
+SUPPORTED_ASYNC = (
+    "aiopg Connection/Cursor, asyncpg Connection, psycopg AsyncConnection/AsyncCursor, "
+    "SQLAlchemy AsyncConnection/AsyncSession"
+)
+SUPPORTED_SYNC = (
+    "Django connection (inside transaction.atomic()), psycopg Connection/Cursor, psycopg2 "
+    "connection/cursor, SQLAlchemy Connection/Session"
+)
+
+
+class Kind(enum.Enum):
+    """How a session executes a query."""
+
+    AIOPG_CONNECTION = "aiopg connection"
+    AIOPG_CURSOR = "aiopg cursor"
+    ASYNCPG = "asyncpg connection"
+    PSYCOPG_ASYNC_CONNECTION = "psycopg AsyncConnection"
+    PSYCOPG_ASYNC_CURSOR = "psycopg AsyncCursor"
+    SQLALCHEMY_ASYNC = "SQLAlchemy AsyncConnection/AsyncSession"
+    DJANGO = "Django connection"
+    PSYCOPG_CONNECTION = "psycopg Connection"
+    PSYCOPG_CURSOR = "psycopg Cursor"
+    PSYCOPG2_CONNECTION = "psycopg2 connection"
+    PSYCOPG2_CURSOR = "psycopg2 cursor"
+    SQLALCHEMY_SYNC = "SQLAlchemy Connection/Session"
+
+    @property
+    def is_async(self) -> bool:
+        return self in _ASYNC_KINDS
+
+
+_ASYNC_KINDS = frozenset(
+    {
+        Kind.AIOPG_CONNECTION,
+        Kind.AIOPG_CURSOR,
+        Kind.ASYNCPG,
+        Kind.PSYCOPG_ASYNC_CONNECTION,
+        Kind.PSYCOPG_ASYNC_CURSOR,
+        Kind.SQLALCHEMY_ASYNC,
+    }
+)
+
+# (top-level package, class name) -> kind. Matching on names keeps drivers unimported.
+_BY_NAME: Mapping[tuple[str, str], Kind] = {
+    ("aiopg", "Connection"): Kind.AIOPG_CONNECTION,
+    ("aiopg", "Cursor"): Kind.AIOPG_CURSOR,
+    ("asyncpg", "Connection"): Kind.ASYNCPG,
+    ("asyncpg", "PoolConnectionProxy"): Kind.ASYNCPG,
+    ("psycopg", "AsyncConnection"): Kind.PSYCOPG_ASYNC_CONNECTION,
+    ("psycopg", "AsyncCursor"): Kind.PSYCOPG_ASYNC_CURSOR,
+    ("psycopg", "AsyncClientCursor"): Kind.PSYCOPG_ASYNC_CURSOR,
+    ("psycopg", "AsyncRawCursor"): Kind.PSYCOPG_ASYNC_CURSOR,
+    ("sqlalchemy", "AsyncConnection"): Kind.SQLALCHEMY_ASYNC,
+    ("sqlalchemy", "AsyncSession"): Kind.SQLALCHEMY_ASYNC,
+    ("django", "DatabaseWrapper"): Kind.DJANGO,
+    ("django", "ConnectionProxy"): Kind.DJANGO,
+    ("psycopg", "Connection"): Kind.PSYCOPG_CONNECTION,
+    ("psycopg", "Cursor"): Kind.PSYCOPG_CURSOR,
+    ("psycopg", "ClientCursor"): Kind.PSYCOPG_CURSOR,
+    ("psycopg", "RawCursor"): Kind.PSYCOPG_CURSOR,
+    ("psycopg2", "connection"): Kind.PSYCOPG2_CONNECTION,
+    ("psycopg2", "cursor"): Kind.PSYCOPG2_CURSOR,
+    ("sqlalchemy", "Connection"): Kind.SQLALCHEMY_SYNC,
+    ("sqlalchemy", "Session"): Kind.SQLALCHEMY_SYNC,
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _kind_of_class(cls: type) -> Kind | None:
+    # Walk the MRO so subclasses (custom cursor classes, scoped sessions' targets) match too.
+    for klass in cls.__mro__:
+        package = klass.__module__.partition(".")[0]
+        kind = _BY_NAME.get((package, klass.__name__))
+        if kind is not None:
+            return kind
+    return None
+
+
+def kind_of(session: object) -> Kind:
+    """The kind of ``session``; ``UnsupportedSessionError`` naming the supported types if none."""
+    kind = _kind_of_class(type(session))
+    if kind is None:
+        raise errors.UnsupportedSessionError(
+            f"cannot enqueue through a {type(session).__module__}.{type(session).__qualname__}; "
+            f"enqueue() takes one of: {SUPPORTED_ASYNC}; enqueue_sync() takes one of: "
+            f"{SUPPORTED_SYNC}"
+        )
+    return kind
+
+
+def _not_in_transaction(kind: Kind, how: str) -> errors.NotInTransactionError:
+    return errors.NotInTransactionError(
+        f"the {kind.value} passed to enqueue has no open transaction, so the event would be "
+        f"committed apart from your change; {how}"
+    )
+
+
+# libpq / psycopg transaction status codes (PQTransactionStatus).
+_TRANSACTION_IDLE = 0
+
+
+def _check_psycopg2(raw_connection: Any, kind: Kind) -> None:
+    if raw_connection.autocommit and raw_connection.info.transaction_status == _TRANSACTION_IDLE:
+        raise _not_in_transaction(kind, "run it between BEGIN and COMMIT")
+
+
+async def execute(session: object, query: Query, values: Mapping[str, object]) -> int:
+    """Run ``query`` on ``session`` inside the caller's transaction (async sessions).
+
+    Returns the number of rows the statement changed.
+    """
+    kind = kind_of(session)
+    s: Any = session
+    if kind is Kind.AIOPG_CONNECTION:
+        _check_psycopg2(s.raw, kind)
+        async with s.cursor() as cursor:
+            await cursor.execute(query.sql, values)
+            return int(cursor.rowcount)
+    if kind is Kind.AIOPG_CURSOR:
+        _check_psycopg2(s.connection.raw, kind)
+        await s.execute(query.sql, values)
+        return int(s.rowcount)
+    if kind is Kind.ASYNCPG:
+        if not s.is_in_transaction():
+            raise _not_in_transaction(kind, "run it inside 'async with conn.transaction():'")
+        status = await s.execute(query.numeric_sql, *query.positional(values))
+        return _rowcount_from_status(status)
+    if kind is Kind.PSYCOPG_ASYNC_CONNECTION:
+        _check_psycopg3(s, kind)
+        cursor = await s.execute(query.sql, values)
+        return int(cursor.rowcount)
+    if kind is Kind.PSYCOPG_ASYNC_CURSOR:
+        _check_psycopg3(s.connection, kind)
+        await s.execute(query.sql, values)
+        return int(s.rowcount)
+    if kind is Kind.SQLALCHEMY_ASYNC:
+        result = await s.execute(_text(query), values)
+        return int(result.rowcount)
+    raise errors.UnsupportedSessionError(
+            f"a {kind.value} is synchronous: call enqueue_sync() with it (enqueue() takes "
+            f"{SUPPORTED_ASYNC})"
+        )
+
+
+def execute_sync(session: object, query: Query, values: Mapping[str, object]) -> int:
+    """Run ``query`` on ``session`` inside the caller's transaction (sync sessions).
+
+    Returns the number of rows the statement changed.
+    """
+    kind = kind_of(session)
+    s: Any = session
+    if kind is Kind.DJANGO:
+        if getattr(s, "vendor", None) != "postgresql":
+            raise errors.UnsupportedSessionError(
+                f"Django database {getattr(s, 'alias', '?')!r} uses "
+                f"{getattr(s, 'vendor', '?')!r}; outbox_di needs PostgreSQL"
+            )
+        if s.get_autocommit() and not s.in_atomic_block:
+            raise _not_in_transaction(kind, "wrap the change in 'with transaction.atomic():'")
+        with s.cursor() as cursor:
+            cursor.execute(query.sql, values)
+            return int(cursor.rowcount)
+    if kind is Kind.PSYCOPG_CONNECTION:
+        _check_psycopg3(s, kind)
+        return int(s.execute(query.sql, values).rowcount)
+    if kind is Kind.PSYCOPG_CURSOR:
+        _check_psycopg3(s.connection, kind)
+        s.execute(query.sql, values)
+        return int(s.rowcount)
+    if kind is Kind.PSYCOPG2_CONNECTION:
+        _check_psycopg2(s, kind)
+        with s.cursor() as cursor:
+            cursor.execute(query.sql, values)
+            return int(cursor.rowcount)
+    if kind is Kind.PSYCOPG2_CURSOR:
+        _check_psycopg2(s.connection, kind)
+        s.execute(query.sql, values)
+        return int(s.rowcount)
+    if kind is Kind.SQLALCHEMY_SYNC:
+        return int(s.execute(_text(query), values).rowcount)
+    raise errors.UnsupportedSessionError(
+            f"a {kind.value} is asynchronous: await enqueue() with it (enqueue_sync() takes "
+            f"{SUPPORTED_SYNC})"
+        )
+
+
+def _rowcount_from_status(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "INSERT 0 100" or "UPDATE 3".
+    last = status.rpartition(" ")[2]
+    return int(last) if last.isdigit() else 0
+
+
+def _check_psycopg3(connection: Any, kind: Kind) -> None:
+    # Without autocommit psycopg 3 opens a transaction on the first statement, which the caller
+    # then commits or rolls back: that joins the caller's unit of work. With autocommit it
+    # would commit the insert on its own.
+    if connection.autocommit and connection.info.transaction_status == _TRANSACTION_IDLE:
+        raise _not_in_transaction(
+            kind, "run it inside 'async with conn.transaction():' (or 'with conn.transaction():')"
+        )
+
+
+@functools.lru_cache(maxsize=128)
+def _text(query: Query) -> Any:
+    # One TextClause per query, so SQLAlchemy's compiled cache hits on every later call.
+    import sqlalchemy
+
+    return sqlalchemy.text(query.named_sql)

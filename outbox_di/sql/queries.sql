@@ -1,0 +1,271 @@
+-- Named queries of outbox_di.
+--
+-- Each query starts with a line "-- name: <query_name>" and runs to the next such line.
+-- {{schema}} is replaced, once per repository, by the validated and quoted schema name.
+-- Parameters are written %(name)s and cast with CAST(... AS type), never with "::", so the same
+-- text can be rewritten for asyncpg ($1) and SQLAlchemy (:name) without ambiguity.
+
+-- name: migrate_lock
+-- Serializes concurrent migrations of one schema (CREATE ... IF NOT EXISTS is not race-free).
+SELECT pg_advisory_xact_lock(hashtext(CAST(%(lock_key)s AS text)));
+
+-- name: schema_version
+SELECT max(version) FROM {{schema}}.outbox_schema_version;
+
+-- name: outbox_insert
+INSERT INTO {{schema}}.outbox_events
+    (event_id, aggregate_type, aggregate_id, event_type, payload, headers, ordering_key,
+     available_at)
+VALUES
+    (CAST(%(event_id)s AS uuid), %(aggregate_type)s, %(aggregate_id)s, %(event_type)s,
+     CAST(%(payload)s AS bytea), CAST(%(headers)s AS jsonb), CAST(%(ordering_key)s AS text),
+     COALESCE(CAST(%(available_at)s AS timestamptz), now()));
+
+-- name: outbox_insert_many
+INSERT INTO {{schema}}.outbox_events
+    (event_id, aggregate_type, aggregate_id, event_type, payload, headers, ordering_key,
+     available_at)
+SELECT m.event_id, m.aggregate_type, m.aggregate_id, m.event_type, m.payload, m.headers,
+       m.ordering_key, COALESCE(m.available_at, now())
+FROM unnest(
+    CAST(%(event_ids)s AS uuid[]),
+    CAST(%(aggregate_types)s AS text[]),
+    CAST(%(aggregate_ids)s AS text[]),
+    CAST(%(event_types)s AS text[]),
+    CAST(%(payloads)s AS bytea[]),
+    CAST(%(headers)s AS jsonb[]),
+    CAST(%(ordering_keys)s AS text[]),
+    CAST(%(available_ats)s AS timestamptz[])
+) WITH ORDINALITY
+    AS m(event_id, aggregate_type, aggregate_id, event_type, payload, headers, ordering_key,
+         available_at, position)
+ORDER BY m.position;
+
+-- name: outbox_claim
+-- Takes up to %(limit)s due rows (pending, available, not leased or lease older than
+-- %(stale_before)s), skipping rows another claimer holds, and stamps the caller's lock token.
+WITH due AS (
+    SELECT event_id
+    FROM {{schema}}.outbox_events
+    WHERE status = 'pending'
+      AND available_at <= CAST(%(now)s AS timestamptz)
+      AND (locked_at IS NULL OR locked_at < CAST(%(stale_before)s AS timestamptz))
+    ORDER BY available_at, seq
+    LIMIT CAST(%(limit)s AS integer)
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {{schema}}.outbox_events AS e
+SET lock_token = CAST(%(lock_token)s AS uuid),
+    locked_at = CAST(%(now)s AS timestamptz),
+    delivery_attempts = e.delivery_attempts + 1
+FROM due
+WHERE e.event_id = due.event_id
+RETURNING e.event_id, e.seq, e.aggregate_type, e.aggregate_id, e.event_type, e.payload,
+          e.headers, e.ordering_key, e.status, e.created_at, e.available_at, e.published_at,
+          e.delivery_attempts, e.last_error, e.lock_token, e.locked_at;
+
+-- name: outbox_mark_published
+UPDATE {{schema}}.outbox_events
+SET status = 'published',
+    published_at = CAST(%(published_at)s AS timestamptz),
+    last_error = NULL
+WHERE event_id = ANY(CAST(%(event_ids)s AS uuid[]))
+  AND lock_token = CAST(%(lock_token)s AS uuid)
+  AND status = 'pending';
+
+-- name: outbox_reschedule
+UPDATE {{schema}}.outbox_events
+SET available_at = CAST(%(next_at)s AS timestamptz),
+    last_error = CAST(%(error)s AS text),
+    lock_token = NULL,
+    locked_at = NULL
+WHERE event_id = CAST(%(event_id)s AS uuid)
+  AND lock_token = CAST(%(lock_token)s AS uuid)
+  AND status = 'pending';
+
+-- name: outbox_mark_dead
+UPDATE {{schema}}.outbox_events
+SET status = 'dead',
+    last_error = CAST(%(error)s AS text),
+    lock_token = NULL,
+    locked_at = NULL
+WHERE event_id = CAST(%(event_id)s AS uuid)
+  AND lock_token = CAST(%(lock_token)s AS uuid)
+  AND status = 'pending';
+
+-- name: outbox_release
+-- Gives claimed rows back unpublished (graceful stop): due again at once, and the claim does not
+-- count as a delivery attempt.
+UPDATE {{schema}}.outbox_events
+SET lock_token = NULL,
+    locked_at = NULL,
+    delivery_attempts = GREATEST(delivery_attempts - 1, 0)
+WHERE event_id = ANY(CAST(%(event_ids)s AS uuid[]))
+  AND lock_token = CAST(%(lock_token)s AS uuid)
+  AND status = 'pending';
+
+-- name: outbox_count_pending
+SELECT count(*) FROM {{schema}}.outbox_events WHERE status = 'pending';
+
+-- name: outbox_get
+SELECT event_id, seq, aggregate_type, aggregate_id, event_type, payload, headers, ordering_key,
+       status, created_at, available_at, published_at, delivery_attempts, last_error,
+       lock_token, locked_at
+FROM {{schema}}.outbox_events
+WHERE event_id = CAST(%(event_id)s AS uuid);
+
+-- name: inbox_insert
+INSERT INTO {{schema}}.inbox_events
+    (consumer, event_id, message_id, aggregate_type, aggregate_id, event_type, payload, headers,
+     ordering_key)
+VALUES
+    (%(consumer)s, %(event_id)s, CAST(%(message_id)s AS text), %(aggregate_type)s,
+     %(aggregate_id)s, %(event_type)s, CAST(%(payload)s AS bytea), CAST(%(headers)s AS jsonb),
+     CAST(%(ordering_key)s AS text))
+ON CONFLICT (consumer, event_id) DO NOTHING
+RETURNING event_id;
+
+-- name: inbox_insert_many
+INSERT INTO {{schema}}.inbox_events
+    (consumer, event_id, message_id, aggregate_type, aggregate_id, event_type, payload, headers,
+     ordering_key)
+SELECT CAST(%(consumer)s AS text), m.event_id, m.message_id, m.aggregate_type, m.aggregate_id,
+       m.event_type, m.payload, m.headers, m.ordering_key
+FROM unnest(
+    CAST(%(event_ids)s AS text[]),
+    CAST(%(message_ids)s AS text[]),
+    CAST(%(aggregate_types)s AS text[]),
+    CAST(%(aggregate_ids)s AS text[]),
+    CAST(%(event_types)s AS text[]),
+    CAST(%(payloads)s AS bytea[]),
+    CAST(%(headers)s AS jsonb[]),
+    CAST(%(ordering_keys)s AS text[])
+) WITH ORDINALITY
+    AS m(event_id, message_id, aggregate_type, aggregate_id, event_type, payload, headers,
+         ordering_key, position)
+ORDER BY m.position
+ON CONFLICT (consumer, event_id) DO NOTHING
+RETURNING event_id;
+
+-- name: inbox_claim
+WITH due AS (
+    SELECT consumer, event_id
+    FROM {{schema}}.inbox_events
+    WHERE consumer = %(consumer)s
+      AND status = 'pending'
+      AND available_at <= CAST(%(now)s AS timestamptz)
+      AND (locked_at IS NULL OR locked_at < CAST(%(stale_before)s AS timestamptz))
+    ORDER BY available_at, seq
+    LIMIT CAST(%(limit)s AS integer)
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {{schema}}.inbox_events AS e
+SET lock_token = CAST(%(lock_token)s AS uuid),
+    locked_at = CAST(%(now)s AS timestamptz),
+    delivery_attempts = e.delivery_attempts + 1
+FROM due
+WHERE e.consumer = due.consumer AND e.event_id = due.event_id
+RETURNING e.consumer, e.event_id, e.seq, e.message_id, e.aggregate_type, e.aggregate_id,
+          e.event_type, e.payload, e.headers, e.ordering_key, e.status, e.created_at,
+          e.available_at, e.processed_at, e.delivery_attempts, e.last_error, e.lock_token,
+          e.locked_at;
+
+-- name: inbox_mark_processed
+UPDATE {{schema}}.inbox_events
+SET status = 'processed',
+    processed_at = CAST(%(processed_at)s AS timestamptz),
+    last_error = NULL
+WHERE consumer = %(consumer)s
+  AND event_id = ANY(CAST(%(event_ids)s AS text[]))
+  AND lock_token = CAST(%(lock_token)s AS uuid)
+  AND status = 'pending';
+
+-- name: inbox_record_error
+UPDATE {{schema}}.inbox_events
+SET available_at = CAST(%(next_at)s AS timestamptz),
+    last_error = CAST(%(error)s AS text),
+    lock_token = NULL,
+    locked_at = NULL
+WHERE consumer = %(consumer)s
+  AND event_id = %(event_id)s
+  AND lock_token = CAST(%(lock_token)s AS uuid)
+  AND status = 'pending';
+
+-- name: inbox_mark_dead
+UPDATE {{schema}}.inbox_events
+SET status = 'dead',
+    last_error = CAST(%(error)s AS text),
+    lock_token = NULL,
+    locked_at = NULL
+WHERE consumer = %(consumer)s
+  AND event_id = %(event_id)s
+  AND lock_token = CAST(%(lock_token)s AS uuid)
+  AND status = 'pending';
+
+-- name: inbox_release
+UPDATE {{schema}}.inbox_events
+SET lock_token = NULL,
+    locked_at = NULL,
+    delivery_attempts = GREATEST(delivery_attempts - 1, 0)
+WHERE consumer = %(consumer)s
+  AND event_id = ANY(CAST(%(event_ids)s AS text[]))
+  AND lock_token = CAST(%(lock_token)s AS uuid)
+  AND status = 'pending';
+
+-- name: inbox_count_pending
+SELECT count(*) FROM {{schema}}.inbox_events WHERE consumer = %(consumer)s AND status = 'pending';
+
+-- name: inbox_get
+SELECT consumer, event_id, seq, message_id, aggregate_type, aggregate_id, event_type, payload,
+       headers, ordering_key, status, created_at, available_at, processed_at, delivery_attempts,
+       last_error, lock_token, locked_at
+FROM {{schema}}.inbox_events
+WHERE consumer = %(consumer)s AND event_id = %(event_id)s;
+
+-- name: catalog_columns
+-- The catalog queries take the schema name as a value (never as SQL) and feed `outbox-di check`.
+SELECT table_name, column_name, data_type, is_nullable, column_default, is_identity
+FROM information_schema.columns
+WHERE table_schema = %(schema)s
+  AND table_name IN ('outbox_events', 'inbox_events', 'outbox_schema_version');
+
+-- name: catalog_indexes
+SELECT tablename, indexname, indexdef
+FROM pg_indexes
+WHERE schemaname = %(schema)s
+  AND tablename IN ('outbox_events', 'inbox_events', 'outbox_schema_version');
+
+-- name: catalog_constraints
+SELECT c.relname, con.conname, pg_get_constraintdef(con.oid)
+FROM pg_constraint AS con
+JOIN pg_class AS c ON c.oid = con.conrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s
+  AND c.relname IN ('outbox_events', 'inbox_events', 'outbox_schema_version');
+
+-- name: catalog_triggers
+SELECT c.relname, t.tgname, pg_get_triggerdef(t.oid)
+FROM pg_trigger AS t
+JOIN pg_class AS c ON c.oid = t.tgrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s
+  AND NOT t.tgisinternal
+  AND c.relname IN ('outbox_events', 'inbox_events');
+
+-- name: catalog_functions
+SELECT p.proname, p.prosrc
+FROM pg_proc AS p
+JOIN pg_namespace AS n ON n.oid = p.pronamespace
+WHERE n.nspname = %(schema)s
+  AND p.proname IN ('outbox_events_notify', 'inbox_events_notify');
+
+
+-- name: drop_schema
+-- Used by the test kit to remove a test's schema; never run by the library on its own.
+DROP SCHEMA IF EXISTS {{schema}} CASCADE;
+
+-- name: test_set_headers
+-- Test kit only: overwrite a row's headers with arbitrary JSON, as a foreign writer might.
+UPDATE {{schema}}.outbox_events
+SET headers = CAST(%(headers)s AS jsonb)
+WHERE event_id = CAST(%(event_id)s AS uuid);

@@ -1,0 +1,72 @@
+"""pytest plugin for services that use outbox_di: ``pytest -p outbox_di.testing``.
+
+Fixtures:
+
+* ``outbox_postgres`` (session): the :class:`~outbox_di.testing.postgres.PostgresServer` in use;
+* ``outbox_dsn`` (session): its DSN;
+* ``outbox_schema`` (function): a fresh schema with the DDL applied, dropped afterwards;
+* ``outbox_pool`` (function, async): an aiopg pool on ``outbox_dsn``;
+* ``outbox_repository`` / ``inbox_repository`` (function): repositories on that pool and schema.
+
+Session fixtures are synchronous and yield plain values; pools are created per test, inside the
+test's own event loop.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from outbox_di import database, repository, schema
+from outbox_di.testing import postgres
+
+__all__ = [
+    "inbox_repository",
+    "outbox_dsn",
+    "outbox_pool",
+    "outbox_postgres",
+    "outbox_repository",
+    "outbox_schema",
+]
+
+
+@pytest.fixture(scope="session")
+def outbox_postgres() -> Iterator[postgres.PostgresServer]:
+    with postgres.postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def outbox_dsn(outbox_postgres: postgres.PostgresServer) -> str:
+    return outbox_postgres.dsn
+
+
+@pytest.fixture
+def outbox_schema(outbox_dsn: str) -> Iterator[str]:
+    name = f"test_{secrets.token_hex(6)}"
+    with database.connect(outbox_dsn) as conn:
+        database.migrate(conn, name)
+    try:
+        yield name
+    finally:
+        with database.connect(outbox_dsn) as conn, conn, conn.cursor() as cursor:
+            cursor.execute(schema.Queries(name)["drop_schema"].sql)
+
+
+@pytest.fixture
+async def outbox_pool(outbox_dsn: str) -> AsyncIterator[Any]:
+    async with database.open_pool(outbox_dsn, min_size=1, max_size=10) as pool:
+        yield pool
+
+
+@pytest.fixture
+def outbox_repository(outbox_pool: Any, outbox_schema: str) -> repository.OutboxRepository:
+    return repository.OutboxRepository(outbox_pool, outbox_schema)
+
+
+@pytest.fixture
+def inbox_repository(outbox_pool: Any, outbox_schema: str) -> repository.InboxRepository:
+    return repository.InboxRepository(outbox_pool, outbox_schema)
