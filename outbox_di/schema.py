@@ -43,6 +43,11 @@ def validate_schema_name(name: object) -> str:
             f"invalid schema name {name!r}: it {problem}; use 1-63 lower-case letters, digits "
             "and underscores, starting with a letter or underscore (for example 'catalog')"
         )
+    if name.startswith("pg_"):
+        raise errors.SchemaNameError(
+            f"invalid schema name {name!r}: the prefix pg_ is reserved by PostgreSQL for system "
+            "schemas; choose another name (for example 'catalog')"
+        )
     return name
 
 

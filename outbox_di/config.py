@@ -1,0 +1,600 @@
+"""The outbox configuration tree: frozen dataclasses, their defaults and every validation rule.
+
+This module does not know where values come from (``settings.py`` reads dynaconf): it turns a plain
+mapping into a checked :class:`OutboxConfig` and reports every problem at once, each prefixed with
+its dotted key path, so one failed start-up shows everything there is to fix.
+
+Each rule is written once, as field metadata (type and range) or as a section rule (cross-field);
+``from_mapping`` and ``validate`` both run the same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+from outbox_di import errors
+
+__all__ = [
+    "BackoffConfig",
+    "InboxConfig",
+    "OutboxConfig",
+    "PoolConfig",
+    "PubSubConfig",
+    "PublisherConfig",
+    "closest_key",
+    "is_free_form",
+    "parse_duration",
+]
+
+_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_RESOURCE_NAME = r"[A-Za-z][A-Za-z0-9._~%+-]{2,254}"
+_TOPIC_RE = re.compile(rf"{_RESOURCE_NAME}|projects/[^/\s]+/topics/{_RESOURCE_NAME}")
+_SUBSCRIPTION_RE = re.compile(rf"{_RESOURCE_NAME}|projects/[^/\s]+/subscriptions/{_RESOURCE_NAME}")
+_HOST_PORT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):\d{1,5}")
+_DURATION_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_FORMS = (
+    "seconds as a number (30, 1.5) or a string with a unit ms, s, m, h or d "
+    "('500ms', '30s', '1.5s', '5m', '2h', '7d')"
+)
+
+# Field metadata key under which each field's _Spec is stored.
+_SPEC_KEY = "outbox_di.config"
+
+
+class _Invalid(ValueError):
+    """Several problems found while converting one value (for example a topics table)."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def _messages(exc: ValueError) -> tuple[str, ...]:
+    return exc.problems if isinstance(exc, _Invalid) else (str(exc),)
+
+
+def _describe(value: object) -> str:
+    """Say what a wrong value is, in the words of a settings file rather than of Python."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return "a list"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+# --- conversions: a raw value to the field's type, or ValueError naming the key -----------------
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Turn a duration (seconds as a number, or a string such as ``"500ms"``) into float seconds.
+
+    Settings files and environment variables read better with units; the rest of the library only
+    ever sees float seconds. Negative values parse (the range rules then say what is allowed).
+    """
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION_RE.fullmatch(value.strip())
+        if match is not None:
+            number, unit = match.groups()
+            seconds = float(number) * _UNIT_SECONDS[unit or "s"]
+    if seconds is None or not math.isfinite(seconds):
+        raise ValueError(f"{key}: must be a duration: {_DURATION_FORMS}; got {_describe(value)}")
+    return seconds
+
+
+def _as_str(value: object, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"{key}: must be a string, got {_describe(value)}")
+
+
+def _as_bool(value: object, key: str) -> bool:
+    # A quoted "false" is truthy in Python: refusing it beats silently enabling something.
+    if isinstance(value, bool):
+        return value
+    hint = ""
+    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        hint = " (write true or false without quotes)"
+    raise ValueError(f"{key}: must be true or false, got {_describe(value)}{hint}")
+
+
+def _as_int(value: object, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError(f"{key}: must be an integer, got {_describe(value)}")
+
+
+def _as_float(value: object, key: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ValueError(f"{key}: must be a finite number, got {_describe(value)}")
+
+
+def _as_routes(value: object, key: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key}: must be a table of routing key = topic, got {_describe(value)}")
+    routes: dict[str, str] = {}
+    problems: list[str] = []
+    for route in value:
+        topic = value[route]  # indexing (not .items()) lets lazy values resolve
+        if not isinstance(route, str):
+            problems.append(f"{key}: routing keys must be strings, got {_describe(route)}")
+        elif not isinstance(topic, str):
+            problems.append(f"{key}.{route}: must be a topic string, got {_describe(topic)}")
+        else:
+            routes[route] = topic
+    if problems:
+        raise _Invalid(problems)
+    return routes
+
+
+# --- checks on a converted value: each yields problems already prefixed with the key ------------
+
+_Check = Callable[[Any, str], Iterator[str]]
+
+
+def _between(low: int, high: int) -> _Check:
+    def check(value: Any, key: str) -> Iterator[str]:
+        if not low <= value <= high:
+            yield f"{key}: must be between {low} and {high}, got {value!r}"
+
+    return check
+
+
+def _at_least(low: float) -> _Check:
+    def check(value: Any, key: str) -> Iterator[str]:
+        if value < low:
+            yield f"{key}: must be at least {low!r}, got {value!r}"
+
+    return check
+
+
+def _positive(value: Any, key: str) -> Iterator[str]:
+    if not value > 0:
+        yield f"{key}: must be greater than 0, got {value!r}"
+
+
+def _fraction(value: Any, key: str) -> Iterator[str]:
+    if not 0.0 <= value <= 1.0:
+        yield f"{key}: must be a fraction between 0 and 1, got {value!r}"
+
+
+def _non_empty(value: Any, key: str) -> Iterator[str]:
+    if not value.strip():
+        yield f"{key}: must not be empty"
+
+
+def _schema_name(value: Any, key: str) -> Iterator[str]:
+    if not _SCHEMA_RE.fullmatch(value):
+        yield (
+            f"{key}: must be lowercase letters, digits and underscores, starting with a letter or "
+            f"underscore, max 63 chars, got {value!r}"
+        )
+
+
+def _resource_problem(value: str, key: str, kind: str, pattern: re.Pattern[str]) -> str | None:
+    if pattern.fullmatch(value):
+        return None
+    return (
+        f"{key}: must be a {kind} name (3-255 characters: letters, digits and . _ ~ % + -, "
+        f"starting with a letter) or 'projects/<project>/{kind}s/<name>', got {value!r}"
+    )
+
+
+def _topic(value: Any, key: str) -> Iterator[str]:
+    problem = _resource_problem(value, key, "topic", _TOPIC_RE)
+    if problem:
+        yield problem
+
+
+def _subscription(value: Any, key: str) -> Iterator[str]:
+    problem = _resource_problem(value, key, "subscription", _SUBSCRIPTION_RE)
+    if problem:
+        yield problem
+
+
+def _routes(value: Any, key: str) -> Iterator[str]:
+    for route, topic in value.items():
+        if not route.strip():
+            yield f"{key}: routing keys must not be empty"
+            continue
+        problem = _resource_problem(topic, f"{key}.{route}", "topic", _TOPIC_RE)
+        if problem:
+            yield problem
+
+
+def _host_port(value: Any, key: str) -> Iterator[str]:
+    if not _HOST_PORT_RE.fullmatch(value):
+        yield f"{key}: must be host:port (for example 'localhost:8085'), got {value!r}"
+
+
+# --- field metadata ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """How one field is converted and checked; ``section`` marks a nested config table."""
+
+    coerce: Callable[[object, str], Any] | None = None
+    checks: tuple[_Check, ...] = ()
+    optional: bool = False
+    section: type[Any] | None = None
+    free_form: bool = False  # a table whose keys are data (event types), kept as written
+    hint: str = ""
+
+
+def _metadata(spec: _Spec) -> dict[str, _Spec]:
+    return {_SPEC_KEY: spec}
+
+
+def _spec_of(field: dataclasses.Field[Any]) -> _Spec:
+    spec = field.metadata[_SPEC_KEY]
+    assert isinstance(spec, _Spec)
+    return spec
+
+
+def _setting(default: Any, coerce: Callable[[object, str], Any], *checks: _Check) -> Any:
+    """A field with a default; ``None`` as the default makes the key optional (null allowed)."""
+    spec = _Spec(coerce=coerce, checks=checks, optional=default is None)
+    return dataclasses.field(default=default, metadata=_metadata(spec))
+
+
+def _section(cls: type[Any]) -> Any:
+    return dataclasses.field(default_factory=cls, metadata=_metadata(_Spec(section=cls)))
+
+
+# --- section rules (cross-field): read converted values by field name ---------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+    """A rule over several fields of one section; skipped when one of them is already invalid."""
+
+    fields: tuple[str, ...]
+    check: Callable[[Mapping[str, Any], str], Iterator[str]]
+
+
+def _pool_sizes(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
+    if values["max_size"] < values["min_size"]:
+        yield (
+            f"{prefix}max_size: must be at least {prefix}min_size ({values['min_size']}), "
+            f"got {values['max_size']}"
+        )
+
+
+def _backoff_cap(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
+    if values["max"] < values["initial"]:
+        yield (
+            f"{prefix}max: must be at least {prefix}initial ({values['initial']!r}), "
+            f"got {values['max']!r}"
+        )
+
+
+def _publisher_target(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
+    if values["enabled"] and not values["topic"] and not values["topics"]:
+        yield (
+            f"{prefix}topic: required when {prefix}enabled is true (or give {prefix}topics)"
+        )
+
+
+def _publisher_lease(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
+    # A claim must outlive one publish round trip, or a slow publish lets a second worker take it.
+    if not values["lock_ttl"] > values["publish_timeout"]:
+        yield (
+            f"{prefix}lock_ttl: must be greater than {prefix}publish_timeout "
+            f"({values['publish_timeout']!r}) so a lease outlives one publish round trip, "
+            f"got {values['lock_ttl']!r}"
+        )
+
+
+def _inbox_source(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
+    if values["enabled"] and not values["subscription"]:
+        yield f"{prefix}subscription: required when {prefix}enabled is true"
+
+
+# --- the tree -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """The database pool the workers use (web processes may start only this)."""
+
+    min_size: int = _setting(1, _as_int, _at_least(0))
+    max_size: int = _setting(10, _as_int, _at_least(1))
+    connect_timeout: float = _setting(10.0, parse_duration, _positive)
+
+    _rules: ClassVar[tuple[_Rule, ...]] = (_Rule(("min_size", "max_size"), _pool_sizes),)
+
+
+@dataclasses.dataclass(frozen=True)
+class PubSubConfig:
+    """Where Pub/Sub is; when unset, the project comes from full resource names or the environment."""
+
+    project: str | None = _setting(None, _as_str, _non_empty)
+    emulator_host: str | None = _setting(None, _as_str, _host_port)
+
+    _rules: ClassVar[tuple[_Rule, ...]] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class BackoffConfig:
+    """Delay before retrying a failed publish: ``initial * multiplier**attempt``, capped, jittered."""
+
+    initial: float = _setting(1.0, parse_duration, _positive)
+    max: float = _setting(300.0, parse_duration, _positive)
+    multiplier: float = _setting(2.0, _as_float, _at_least(1.0))
+    jitter: float = _setting(0.2, _as_float, _fraction)
+
+    _rules: ClassVar[tuple[_Rule, ...]] = (_Rule(("initial", "max"), _backoff_cap),)
+
+
+@dataclasses.dataclass(frozen=True)
+class PublisherConfig:
+    """The relay from the outbox table to Pub/Sub; the defaults are the fast ones."""
+
+    enabled: bool = _setting(True, _as_bool)
+    topic: str | None = _setting(None, _as_str, _topic)
+    # Routing: key is an event_type or an aggregate_type. Left out of the hash: a dict has none.
+    topics: Mapping[str, str] = dataclasses.field(
+        default_factory=dict,
+        hash=False,
+        metadata=_metadata(_Spec(coerce=_as_routes, checks=(_routes,), free_form=True)),
+    )
+    batch_size: int = _setting(500, _as_int, _between(1, 1000))
+    workers: int = _setting(2, _as_int, _at_least(1))
+    tick_interval: float = _setting(1.0, parse_duration, _positive)
+    notify: bool = _setting(True, _as_bool)
+    lock_ttl: float = _setting(30.0, parse_duration, _positive)
+    backoff: BackoffConfig = _section(BackoffConfig)
+    max_attempts: int = _setting(10, _as_int, _at_least(1))
+    ordering: bool = _setting(False, _as_bool)
+    publish_timeout: float = _setting(10.0, parse_duration, _positive)
+    shutdown_timeout: float = _setting(10.0, parse_duration, _positive)
+    metrics_enabled: bool = _setting(True, _as_bool)
+
+    _rules: ClassVar[tuple[_Rule, ...]] = (
+        _Rule(("enabled", "topic", "topics"), _publisher_target),
+        _Rule(("lock_ttl", "publish_timeout"), _publisher_lease),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class InboxConfig:
+    """The receiver (Pub/Sub to inbox rows) and the worker that runs handlers on them."""
+
+    enabled: bool = _setting(False, _as_bool)
+    # None means "the schema name": see consumer_name().
+    consumer: str | None = _setting(None, _as_str, _non_empty)
+    subscription: str | None = _setting(None, _as_str, _subscription)
+    batch_size: int = _setting(100, _as_int, _between(1, 1000))
+    workers: int = _setting(2, _as_int, _at_least(1))
+    lock_ttl: float = _setting(30.0, parse_duration, _positive)
+    max_attempts: int = _setting(10, _as_int, _at_least(1))
+    retry_delay: float = _setting(1.0, parse_duration, _at_least(0.0))
+    handler_timeout: float = _setting(30.0, parse_duration, _positive)
+    retention: float = _setting(7 * 86400.0, parse_duration, _positive)
+    max_messages: int = _setting(1000, _as_int, _at_least(1))
+    max_bytes: int = _setting(100 * 1024 * 1024, _as_int, _at_least(1))
+    metrics_enabled: bool = _setting(True, _as_bool)
+
+    _rules: ClassVar[tuple[_Rule, ...]] = (_Rule(("enabled", "subscription"), _inbox_source),)
+
+    def consumer_name(self, schema: str) -> str:
+        """The inbox consumer: ``consumer`` if set, else the schema, so one service needs no name."""
+        return self.consumer if self.consumer is not None else schema
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxConfig:
+    """The whole outbox configuration; build it with :meth:`from_mapping` to get it checked."""
+
+    schema: str = dataclasses.field(
+        metadata=_metadata(
+            _Spec(
+                coerce=_as_str,
+                checks=(_schema_name,),
+                hint="the PostgreSQL schema that holds the outbox tables",
+            )
+        )
+    )
+    dsn: str = dataclasses.field(
+        metadata=_metadata(
+            _Spec(
+                coerce=_as_str,
+                checks=(_non_empty,),
+                hint="a libpq URI or key=value connection string",
+            )
+        )
+    )
+    run_workers: bool = _setting(True, _as_bool)
+    pool: PoolConfig = _section(PoolConfig)
+    pubsub: PubSubConfig = _section(PubSubConfig)
+    publisher: PublisherConfig = _section(PublisherConfig)
+    inbox: InboxConfig = _section(InboxConfig)
+
+    _rules: ClassVar[tuple[_Rule, ...]] = ()
+
+    @property
+    def inbox_consumer(self) -> str:
+        """The resolved inbox consumer name (``inbox.consumer``, else the schema)."""
+        return self.inbox.consumer_name(self.schema)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> OutboxConfig:
+        """Build and check a config from a plain or dynaconf mapping; keys are case-insensitive.
+
+        Raises :class:`errors.ConfigError` listing every problem, not only the first.
+        """
+        if not isinstance(data, Mapping):
+            raise errors.ConfigError([f"<root>: must be a table of settings, got {_describe(data)}"])
+        problems: list[str] = []
+        invalid: set[str] = set()
+        config = _build(cls, data, "", problems, invalid)
+        assert isinstance(config, OutboxConfig)
+        problems.extend(_check(config, "", invalid))
+        if problems:
+            raise errors.ConfigError(problems)
+        return config
+
+    def validate(self) -> None:
+        """Check ranges and cross-field rules again (for example after ``dataclasses.replace``)."""
+        problems = list(_check(self, "", set()))
+        if problems:
+            raise errors.ConfigError(problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (durations in float seconds) that ``from_mapping`` accepts back."""
+        return _to_dict(self)
+
+
+# --- the machinery shared by from_mapping and validate ------------------------------------------
+
+
+def closest_key(key: str, valid: Iterable[str]) -> str | None:
+    """The valid key most like ``key`` (for 'did you mean' hints), or None when none is close."""
+    matches = difflib.get_close_matches(key.lower(), list(valid), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _unknown_key(prefix: str, key: str, valid: Sequence[str]) -> str:
+    suggestion = closest_key(key, valid)
+    if suggestion is not None:
+        return f"{prefix}{key}: unknown key; did you mean {suggestion!r}?"
+    return f"{prefix}{key}: unknown key; valid keys here: {', '.join(valid)}"
+
+
+def _build(
+    cls: type[Any], data: Mapping[Any, Any], prefix: str, problems: list[str], invalid: set[str]
+) -> Any:
+    """Convert one section, recording problems; a bad value falls back to its default and is
+    marked invalid, so later rules neither crash on it nor report knock-on problems."""
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    given: dict[str, tuple[str, Any]] = {}
+    for raw_key in data:
+        if not isinstance(raw_key, str):
+            problems.append(f"{prefix or '<root>.'}{raw_key!r}: keys must be strings")
+            continue
+        key = raw_key.lower()
+        if key in given:
+            problems.append(f"{prefix}{key}: given twice ({given[key][0]!r} and {raw_key!r})")
+        elif key not in fields:
+            problems.append(_unknown_key(prefix, raw_key, list(fields)))
+        else:
+            given[key] = (raw_key, data[raw_key])  # indexing lets lazy values resolve
+
+    kwargs: dict[str, Any] = {}
+    for name, field in fields.items():
+        spec = _spec_of(field)
+        path = prefix + name
+        if name not in given:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                problems.append(f"{path}: required ({spec.hint})")
+                kwargs[name] = ""
+                invalid.add(path)
+            continue
+        value = given[name][1]
+        if spec.section is not None:
+            if isinstance(value, Mapping):
+                kwargs[name] = _build(spec.section, value, path + ".", problems, invalid)
+            else:
+                problems.append(f"{path}: must be a table of settings, got {_describe(value)}")
+                invalid.add(path)
+            continue
+        if value is None and spec.optional:
+            kwargs[name] = None
+            continue
+        assert spec.coerce is not None
+        try:
+            kwargs[name] = spec.coerce(value, path)
+        except ValueError as exc:
+            problems.extend(_messages(exc))
+            invalid.add(path)
+    return cls(**kwargs)
+
+
+def _check(obj: Any, prefix: str, invalid: set[str]) -> Iterator[str]:
+    """Yield the type, range and cross-field problems of a built section, recursively."""
+    values: dict[str, Any] = {}
+    bad: set[str] = set()
+    for field in dataclasses.fields(obj):
+        spec = _spec_of(field)
+        path = prefix + field.name
+        value = getattr(obj, field.name)
+        if path in invalid:
+            bad.add(field.name)
+            continue
+        if spec.section is not None:
+            if isinstance(value, spec.section):
+                yield from _check(value, path + ".", invalid)
+            else:
+                yield f"{path}: must be a {spec.section.__name__}, got {_describe(value)}"
+                bad.add(field.name)
+            continue
+        if value is None and spec.optional:
+            values[field.name] = None
+            continue
+        assert spec.coerce is not None
+        try:
+            value = spec.coerce(value, path)
+        except ValueError as exc:
+            yield from _messages(exc)
+            bad.add(field.name)
+            continue
+        values[field.name] = value
+        for check in spec.checks:
+            yield from check(value, path)
+    for rule in type(obj)._rules:
+        if not bad.intersection(rule.fields):
+            yield from rule.check(values, prefix)
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        spec = _spec_of(field)
+        if spec.section is not None:
+            result[field.name] = _to_dict(value)
+        elif spec.free_form:
+            result[field.name] = dict(value)
+        else:
+            result[field.name] = value
+    return result
+
+
+def is_free_form(path: Sequence[str]) -> bool:
+    """Whether ``path`` (e.g. ``("publisher", "topics")``) names a table whose keys are data.
+
+    Loaders lower-case config keys but must keep these as written: they are event types.
+    """
+    cls: type[Any] | None = OutboxConfig
+    for position, segment in enumerate(path):
+        if cls is None:
+            return False
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        field = fields.get(segment.lower())
+        if field is None:
+            return False
+        spec = _spec_of(field)
+        if position == len(path) - 1:
+            return spec.free_form
+        cls = spec.section
+    return False
