@@ -127,7 +127,9 @@ def split_statements(sql: str) -> list[str]:
     return [" ".join(s.split()) for s in statements if s.strip()]
 
 
-def compare_file(text: str, schema_name: str, *, notify: bool = True) -> tuple[list[str], list[str]]:
+def compare_file(
+    text: str, schema_name: str, *, notify: bool = True
+) -> tuple[list[str], list[str]]:
     """``(missing, extra)`` statements of a migration file against the rendered template."""
     expected = split_statements(schema.render_ddl(schema_name, notify=notify))
     found = split_statements(text)
@@ -148,16 +150,27 @@ def _check(args: argparse.Namespace) -> int:
             differences, extras = database.check(conn, name, notify=args.notify)
         target = f"schema {name!r}"
     if args.json:
-        print(json.dumps({"schema": name, "in_sync": not differences,
-                          "differences": differences, "extras": extras}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "schema": name,
+                    "in_sync": not differences,
+                    "differences": differences,
+                    "extras": extras,
+                },
+                indent=2,
+            )
+        )
     else:
         for line in differences:
             print(f"DRIFT  {line}")
         for line in extras:
             print(f"note   {line} (not in the template; allowed)")
         if differences:
-            print(f"{target}: {len(differences)} difference(s) from the template; "
-                  "run `outbox-di migrate` or fix them by hand")
+            print(
+                f"{target}: {len(differences)} difference(s) from the template; "
+                "run `outbox-di migrate` or fix them by hand"
+            )
         else:
             print(f"{target}: in sync with the template (version {schema.SCHEMA_VERSION})")
     return 1 if differences else 0

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
-from outbox_di import errors
+from outbox_di import errors, schema
 
 __all__ = [
     "BackoffConfig",
@@ -31,7 +31,6 @@ __all__ = [
     "parse_duration",
 ]
 
-_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _RESOURCE_NAME = r"[A-Za-z][A-Za-z0-9._~%+-]{2,254}"
 _TOPIC_RE = re.compile(rf"{_RESOURCE_NAME}|projects/[^/\s]+/topics/{_RESOURCE_NAME}")
 _SUBSCRIPTION_RE = re.compile(rf"{_RESOURCE_NAME}|projects/[^/\s]+/subscriptions/{_RESOURCE_NAME}")
@@ -45,18 +44,6 @@ _DURATION_FORMS = (
 
 # Field metadata key under which each field's _Spec is stored.
 _SPEC_KEY = "outbox_di.config"
-
-
-class _Invalid(ValueError):
-    """Several problems found while converting one value (for example a topics table)."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(self.problems))
-
-
-def _messages(exc: ValueError) -> tuple[str, ...]:
-    return exc.problems if isinstance(exc, _Invalid) else (str(exc),)
 
 
 def _describe(value: object) -> str:
@@ -128,22 +115,11 @@ def _as_float(value: object, key: str) -> float:
     raise ValueError(f"{key}: must be a finite number, got {_describe(value)}")
 
 
-def _as_routes(value: object, key: str) -> dict[str, str]:
+def _as_routes(value: object, key: str) -> dict[Any, Any]:
+    # Entries are checked by _routes, so every bad entry is reported, not only the first.
     if not isinstance(value, Mapping):
         raise ValueError(f"{key}: must be a table of routing key = topic, got {_describe(value)}")
-    routes: dict[str, str] = {}
-    problems: list[str] = []
-    for route in value:
-        topic = value[route]  # indexing (not .items()) lets lazy values resolve
-        if not isinstance(route, str):
-            problems.append(f"{key}: routing keys must be strings, got {_describe(route)}")
-        elif not isinstance(topic, str):
-            problems.append(f"{key}.{route}: must be a topic string, got {_describe(topic)}")
-        else:
-            routes[route] = topic
-    if problems:
-        raise _Invalid(problems)
-    return routes
+    return {route: value[route] for route in value}  # indexing lets lazy values resolve
 
 
 # --- checks on a converted value: each yields problems already prefixed with the key ------------
@@ -183,11 +159,12 @@ def _non_empty(value: Any, key: str) -> Iterator[str]:
 
 
 def _schema_name(value: Any, key: str) -> Iterator[str]:
-    if not _SCHEMA_RE.fullmatch(value):
-        yield (
-            f"{key}: must be lowercase letters, digits and underscores, starting with a letter or "
-            f"underscore, max 63 chars, got {value!r}"
-        )
+    # The rule rendering applies (^[a-z_][a-z0-9_]{0,62}$, no pg_ prefix): a name that passes here
+    # must not fail later when the DDL is rendered.
+    try:
+        schema.validate_schema_name(value)
+    except errors.SchemaNameError as exc:
+        yield f"{key}: {exc}"
 
 
 def _resource_problem(value: str, key: str, kind: str, pattern: re.Pattern[str]) -> str | None:
@@ -213,12 +190,14 @@ def _subscription(value: Any, key: str) -> Iterator[str]:
 
 def _routes(value: Any, key: str) -> Iterator[str]:
     for route, topic in value.items():
-        if not route.strip():
-            yield f"{key}: routing keys must not be empty"
-            continue
-        problem = _resource_problem(topic, f"{key}.{route}", "topic", _TOPIC_RE)
-        if problem:
-            yield problem
+        if not isinstance(route, str) or not route.strip():
+            yield f"{key}: routing keys must be non-empty strings, got {_describe(route)}"
+        elif not isinstance(topic, str):
+            yield f"{key}.{route}: must be a topic string, got {_describe(topic)}"
+        else:
+            problem = _resource_problem(topic, f"{key}.{route}", "topic", _TOPIC_RE)
+            if problem:
+                yield problem
 
 
 def _host_port(value: Any, key: str) -> Iterator[str]:
@@ -257,8 +236,9 @@ def _setting(default: Any, coerce: Callable[[object, str], Any], *checks: _Check
     return dataclasses.field(default=default, metadata=_metadata(spec))
 
 
-def _section(cls: type[Any]) -> Any:
-    return dataclasses.field(default_factory=cls, metadata=_metadata(_Spec(section=cls)))
+def _section(cls: type[Any]) -> dict[str, _Spec]:
+    """Metadata of a nested config table (its own dataclass, defaults included)."""
+    return _metadata(_Spec(section=cls))
 
 
 # --- section rules (cross-field): read converted values by field name ---------------------------
@@ -290,9 +270,7 @@ def _backoff_cap(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
 
 def _publisher_target(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
     if values["enabled"] and not values["topic"] and not values["topics"]:
-        yield (
-            f"{prefix}topic: required when {prefix}enabled is true (or give {prefix}topics)"
-        )
+        yield f"{prefix}topic: required when {prefix}enabled is true (or give {prefix}topics)"
 
 
 def _publisher_lease(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
@@ -326,7 +304,7 @@ class PoolConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PubSubConfig:
-    """Where Pub/Sub is; when unset, the project comes from full resource names or the environment."""
+    """Where Pub/Sub is; unset, the project comes from full resource names or the environment."""
 
     project: str | None = _setting(None, _as_str, _non_empty)
     emulator_host: str | None = _setting(None, _as_str, _host_port)
@@ -336,7 +314,7 @@ class PubSubConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BackoffConfig:
-    """Delay before retrying a failed publish: ``initial * multiplier**attempt``, capped, jittered."""
+    """Delay before retrying a publish: ``initial * multiplier**attempt``, capped, jittered."""
 
     initial: float = _setting(1.0, parse_duration, _positive)
     max: float = _setting(300.0, parse_duration, _positive)
@@ -363,7 +341,9 @@ class PublisherConfig:
     tick_interval: float = _setting(1.0, parse_duration, _positive)
     notify: bool = _setting(True, _as_bool)
     lock_ttl: float = _setting(30.0, parse_duration, _positive)
-    backoff: BackoffConfig = _section(BackoffConfig)
+    backoff: BackoffConfig = dataclasses.field(
+        default_factory=BackoffConfig, metadata=_section(BackoffConfig)
+    )
     max_attempts: int = _setting(10, _as_int, _at_least(1))
     ordering: bool = _setting(False, _as_bool)
     publish_timeout: float = _setting(10.0, parse_duration, _positive)
@@ -398,7 +378,7 @@ class InboxConfig:
     _rules: ClassVar[tuple[_Rule, ...]] = (_Rule(("enabled", "subscription"), _inbox_source),)
 
     def consumer_name(self, schema: str) -> str:
-        """The inbox consumer: ``consumer`` if set, else the schema, so one service needs no name."""
+        """``consumer`` if set, else the schema, so a single service needs no consumer name."""
         return self.consumer if self.consumer is not None else schema
 
 
@@ -425,10 +405,16 @@ class OutboxConfig:
         )
     )
     run_workers: bool = _setting(True, _as_bool)
-    pool: PoolConfig = _section(PoolConfig)
-    pubsub: PubSubConfig = _section(PubSubConfig)
-    publisher: PublisherConfig = _section(PublisherConfig)
-    inbox: InboxConfig = _section(InboxConfig)
+    pool: PoolConfig = dataclasses.field(default_factory=PoolConfig, metadata=_section(PoolConfig))
+    pubsub: PubSubConfig = dataclasses.field(
+        default_factory=PubSubConfig, metadata=_section(PubSubConfig)
+    )
+    publisher: PublisherConfig = dataclasses.field(
+        default_factory=PublisherConfig, metadata=_section(PublisherConfig)
+    )
+    inbox: InboxConfig = dataclasses.field(
+        default_factory=InboxConfig, metadata=_section(InboxConfig)
+    )
 
     _rules: ClassVar[tuple[_Rule, ...]] = ()
 
@@ -444,7 +430,8 @@ class OutboxConfig:
         Raises :class:`errors.ConfigError` listing every problem, not only the first.
         """
         if not isinstance(data, Mapping):
-            raise errors.ConfigError([f"<root>: must be a table of settings, got {_describe(data)}"])
+            problem = f"<root>: must be a table of settings, got {_describe(data)}"
+            raise errors.ConfigError([problem])
         problems: list[str] = []
         invalid: set[str] = set()
         config = _build(cls, data, "", problems, invalid)
@@ -455,7 +442,7 @@ class OutboxConfig:
         return config
 
     def validate(self) -> None:
-        """Check ranges and cross-field rules again (for example after ``dataclasses.replace``)."""
+        """Check every value and cross-field rule again (say, after ``dataclasses.replace``)."""
         problems = list(_check(self, "", set()))
         if problems:
             raise errors.ConfigError(problems)
@@ -504,10 +491,14 @@ def _build(
     for name, field in fields.items():
         spec = _spec_of(field)
         path = prefix + name
+        required = (
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        )
+        if required:
+            kwargs[name] = ""  # a placeholder while invalid; replaced below when the value is good
         if name not in given:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            if required:
                 problems.append(f"{path}: required ({spec.hint})")
-                kwargs[name] = ""
                 invalid.add(path)
             continue
         value = given[name][1]
@@ -525,7 +516,7 @@ def _build(
         try:
             kwargs[name] = spec.coerce(value, path)
         except ValueError as exc:
-            problems.extend(_messages(exc))
+            problems.append(str(exc))
             invalid.add(path)
     return cls(**kwargs)
 
@@ -545,7 +536,7 @@ def _check(obj: Any, prefix: str, invalid: set[str]) -> Iterator[str]:
             if isinstance(value, spec.section):
                 yield from _check(value, path + ".", invalid)
             else:
-                yield f"{path}: must be a {spec.section.__name__}, got {_describe(value)}"
+                yield f"{path}: must be {spec.section.__name__}, got {_describe(value)}"
                 bad.add(field.name)
             continue
         if value is None and spec.optional:
@@ -555,7 +546,7 @@ def _check(obj: Any, prefix: str, invalid: set[str]) -> Iterator[str]:
         try:
             value = spec.coerce(value, path)
         except ValueError as exc:
-            yield from _messages(exc)
+            yield str(exc)
             bad.add(field.name)
             continue
         values[field.name] = value

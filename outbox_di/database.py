@@ -179,9 +179,7 @@ def _compare(expected: _Snapshot, live: _Snapshot) -> list[str]:
             if key not in have:
                 problems.append(f"missing {label} (expected: {definition})")
             elif have[key] != definition:
-                problems.append(
-                    f"{label} differs (expected: {definition}; found: {have[key]})"
-                )
+                problems.append(f"{label} differs (expected: {definition}; found: {have[key]})")
     for name, source in expected.functions.items():
         if name not in live.functions:
             problems.append(f"missing function {name}()")
@@ -202,7 +200,9 @@ def _extras(expected: _Snapshot, live: _Snapshot) -> list[str]:
         ("index", expected.indexes, live.indexes),
         ("trigger", expected.triggers, live.triggers),
     ):
-        found.extend(f"extra {kind} {table}.{name}" for table, name in have if (table, name) not in want)
+        found.extend(
+            f"extra {kind} {table}.{name}" for table, name in have if (table, name) not in want
+        )
     return found
 
 
@@ -228,3 +228,10 @@ def check(conn: Any, schema_name: str, *, notify: bool = True) -> tuple[list[str
     except psycopg2.Error as exc:
         raise errors.DatabaseError(f"checking schema {schema_name!r} failed: {exc}") from exc
     return _compare(expected, live), _extras(expected, live)
+
+
+def assert_in_sync(conn: Any, schema_name: str, *, notify: bool = True) -> None:
+    """Raise :class:`~outbox_di.errors.SchemaDriftError` naming each difference, if any."""
+    differences, _ = check(conn, schema_name, notify=notify)
+    if differences:
+        raise errors.SchemaDriftError(schema_name, differences)

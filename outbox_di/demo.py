@@ -48,7 +48,9 @@ async def _write(pool: Any, repo: repository.OutboxRepository, writer: int) -> t
     return committed, rolled_back
 
 
-async def _relay(repo: repository.OutboxRepository, sink: list[uuid.UUID], stop: asyncio.Event) -> int:
+async def _relay(
+    repo: repository.OutboxRepository, sink: list[uuid.UUID], stop: asyncio.Event
+) -> int:
     batches = 0
     while True:
         now = models.utcnow()
@@ -101,12 +103,16 @@ async def _run(dsn: str) -> None:
     print(f"writers:        {WRITERS} concurrent, {committed + rolled_back} events enqueued")
     print(f"committed:      {committed} events")
     print(f"rolled back:    {rolled_back} events (none may be stored)")
-    print(f"relayed:        {len(sink)} events in {batches} batches by 2 claiming workers "
-          f"({len(sink) / elapsed:,.0f} events/s, writers included)")
+    print(
+        f"relayed:        {len(sink)} events in {batches} batches by 2 claiming workers "
+        f"({len(sink) / elapsed:,.0f} events/s, writers included)"
+    )
     print(f"duplicates:     {len(sink) - len(set(sink))}")
     print(f"still pending:  {pending}")
-    print(f"fencing:        stale worker's mark changed {late_mark} row(s), "
-          f"new owner's mark changed {good_mark}")
+    print(
+        f"fencing:        stale worker's mark changed {late_mark} row(s), "
+        f"new owner's mark changed {good_mark}"
+    )
     ok = len(sink) == committed and len(set(sink)) == committed and pending == 0
     ok = ok and (late_mark, good_mark) == (0, 1)
     print("result:         OK, every committed event relayed once" if ok else "result: FAILED")

@@ -100,6 +100,7 @@ class OutboxRepository:
         self.schema = schema.validate_schema_name(schema_name)
         self.queries = schema.Queries(self.schema)
         self.ordering = ordering
+        self.pool = pool
         self._db = _PoolRunner(pool, self.queries)
         self._insert = self.queries["outbox_insert"]
         self._insert_many = self.queries["outbox_insert_many"]
@@ -108,19 +109,39 @@ class OutboxRepository:
 
     def _row(self, message: models.Message) -> tuple[str, str, str, str, bytes, str, str | None]:
         event_id = message.event_id
-        if not isinstance(event_id, uuid.UUID):
-            raise errors.MessageError(f"event_id must be a uuid.UUID, got {event_id!r}")
-        aggregate_id = _aggregate_id(message.aggregate_id, event_id)
+        aggregate_type = message.aggregate_type
+        aggregate_id = message.aggregate_id
+        event_type = message.event_type
+        # The common types pass inline checks; anything else takes the full validation, which
+        # accepts the same values (str subclasses, UUID or int aggregate ids) and names what
+        # it refuses, in the same order as ever.
+        if (
+            type(aggregate_id) is str
+            and aggregate_id
+            and type(event_id) is uuid.UUID
+            and type(aggregate_type) is str
+            and aggregate_type
+            and type(event_type) is str
+            and event_type
+        ):
+            text_id: str = aggregate_id
+        else:
+            if not isinstance(event_id, uuid.UUID):
+                raise errors.MessageError(f"event_id must be a uuid.UUID, got {event_id!r}")
+            text_id = _aggregate_id(aggregate_id, event_id)
+            aggregate_type = _require_text(aggregate_type, "aggregate_type", event_id)
+            event_type = _require_text(event_type, "event_type", event_id)
         ordering_key = message.ordering_key
         if ordering_key is None and self.ordering:
-            ordering_key = aggregate_id
+            ordering_key = text_id
+        headers = message.headers
         return (
             str(event_id),
-            _require_text(message.aggregate_type, "aggregate_type", event_id),
-            aggregate_id,
-            _require_text(message.event_type, "event_type", event_id),
+            aggregate_type,
+            text_id,
+            event_type,
             models.encode_payload(message.payload, event_id),
-            models.encode_headers(message.headers, event_id),
+            models.encode_headers(headers, event_id) if headers else "{}",
             ordering_key,
         )
 
@@ -140,16 +161,18 @@ class OutboxRepository:
         }
 
     def _insert_many_values(self, messages: Sequence[models.Message]) -> dict[str, object]:
-        rows = [self._row(message) for message in messages]
-        columns = list(zip(*rows))
+        row = self._row
+        event_ids, aggregate_types, aggregate_ids, event_types, payloads, headers, keys = map(
+            list, zip(*[row(message) for message in messages], strict=True)
+        )
         return {
-            "event_ids": list(columns[0]),
-            "aggregate_types": list(columns[1]),
-            "aggregate_ids": list(columns[2]),
-            "event_types": list(columns[3]),
-            "payloads": list(columns[4]),
-            "headers": list(columns[5]),
-            "ordering_keys": list(columns[6]),
+            "event_ids": event_ids,
+            "aggregate_types": aggregate_types,
+            "aggregate_ids": aggregate_ids,
+            "event_types": event_types,
+            "payloads": payloads,
+            "headers": headers,
+            "ordering_keys": keys,
             "available_ats": [message.available_at for message in messages],
         }
 
@@ -234,6 +257,24 @@ class OutboxRepository:
             },
         )
 
+    async def reschedule_many(
+        self,
+        lock_token: uuid.UUID,
+        retries: Sequence[tuple[uuid.UUID, dt.datetime, str]],
+    ) -> int:
+        """``reschedule`` for many rows in one statement: ``(event_id, next_at, error)`` each."""
+        if not retries:
+            return 0
+        return await self._db.change(
+            "outbox_reschedule_many",
+            {
+                "event_ids": [str(event_id) for event_id, _, _ in retries],
+                "next_ats": [next_at for _, next_at, _ in retries],
+                "errors": [error for _, _, error in retries],
+                "lock_token": str(lock_token),
+            },
+        )
+
     async def mark_dead(self, event_id: uuid.UUID, lock_token: uuid.UUID, error: str) -> int:
         """Dead-letter the row: kept with status ``dead`` and ``last_error``, never retried."""
         return await self._db.change(
@@ -253,6 +294,12 @@ class OutboxRepository:
     async def count_pending(self) -> int:
         """Rows not yet published nor dead (including those in flight)."""
         return int(await self._db.fetch_value("outbox_count_pending", {}))
+
+    async def pending_stats(self) -> tuple[int, dt.datetime | None]:
+        """``(pending rows, created_at of the oldest)`` for the backlog gauges."""
+        rows = await self._db.fetch("outbox_pending_stats", {})
+        count, oldest = rows[0]
+        return int(count), oldest
 
     async def get(self, event_id: uuid.UUID) -> models.OutboxEvent | None:
         """One row by id, or ``None``."""
@@ -288,6 +335,7 @@ class InboxRepository:
     def __init__(self, pool: Any, schema_name: str) -> None:
         self.schema = schema.validate_schema_name(schema_name)
         self.queries = schema.Queries(self.schema)
+        self.pool = pool
         self._db = _PoolRunner(pool, self.queries)
 
     @staticmethod

@@ -27,9 +27,7 @@ SCHEMA_VERSION = 1
 def validate_schema_name(name: object) -> str:
     """Return ``name`` if it is a usable schema name, else raise a clear SchemaNameError."""
     if not isinstance(name, str):
-        raise errors.SchemaNameError(
-            f"schema name must be a string, got {type(name).__name__}"
-        )
+        raise errors.SchemaNameError(f"schema name must be a string, got {type(name).__name__}")
     if SCHEMA_NAME_PATTERN.fullmatch(name) is None:
         if not name:
             problem = "is empty"
@@ -73,7 +71,7 @@ def _literal(text: str) -> str:
 
 
 def _read_resource(name: str) -> str:
-    return importlib.resources.files("outbox_di").joinpath("sql", name).read_text("utf-8")
+    return importlib.resources.files("outbox_di").joinpath("sql").joinpath(name).read_text("utf-8")
 
 
 @functools.cache
@@ -107,7 +105,7 @@ def _raw_queries() -> Mapping[str, str]:
     parts = _NAME_LINE.split(text)
     queries: dict[str, str] = {}
     # parts = [preamble, name1, body1, name2, body2, ...]
-    for name, body in zip(parts[1::2], parts[2::2]):
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
         lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
         queries[name] = "\n".join(lines).strip().rstrip(";")
     return queries
@@ -161,9 +159,19 @@ class Queries:
     def __init__(self, schema: str) -> None:
         quoted = quote_ident(schema)
         self.schema = schema
+        replacements = {
+            "{{schema}}": quoted,
+            "{{outbox_channel}}": '"' + channel_name(schema, "outbox") + '"',
+            "{{inbox_channel}}": '"' + channel_name(schema, "inbox") + '"',
+        }
+
+        def render(sql: str) -> str:
+            for placeholder, value in replacements.items():
+                sql = sql.replace(placeholder, value)
+            return sql
+
         self._queries = {
-            name: _build_query(name, sql.replace("{{schema}}", quoted))
-            for name, sql in _raw_queries().items()
+            name: _build_query(name, render(sql)) for name, sql in _raw_queries().items()
         }
 
     def __getitem__(self, name: str) -> Query:

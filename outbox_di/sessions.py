@@ -1,8 +1,8 @@
 """Adapters that let ``enqueue`` join the caller's own transaction, whatever the driver.
 
 This is the only module that knows driver types, and it imports none of them: an adapter is
-chosen from the session's class (module and name), once per class, so a service that uses
-asyncpg never imports psycopg and vice versa.
+chosen from the session's class (top-level package and class name, walking the MRO so that
+subclasses match), so a service that uses asyncpg never imports psycopg and vice versa.
 
 Supported sessions:
 
@@ -13,6 +13,9 @@ Supported sessions:
 * Django's connection (``django.db.connection`` or ``connections[alias]``), sync, inside
   ``transaction.atomic()``;
 * psycopg2 ``connection`` / ``cursor`` (sync).
+
+A session with no open transaction is refused (:class:`~outbox_di.errors.NotInTransactionError`)
+rather than silently committing the event on its own, apart from the change it announces.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from outbox_di import errors
 from outbox_di.schema import Query
 
 SUPPORTED_ASYNC = (
-    "aiopg Connection/Cursor, asyncpg Connection, psycopg AsyncConnection/AsyncCursor, "
-    "SQLAlchemy AsyncConnection/AsyncSession"
+    "aiopg Connection/Cursor, asyncpg Connection (or pool connection), psycopg "
+    "AsyncConnection/AsyncCursor, SQLAlchemy AsyncConnection/AsyncSession"
 )
 SUPPORTED_SYNC = (
     "Django connection (inside transaction.atomic()), psycopg Connection/Cursor, psycopg2 "
@@ -38,21 +41,24 @@ SUPPORTED_SYNC = (
 class Kind(enum.Enum):
     """How a session executes a query."""
 
-    AIOPG_CONNECTION = "aiopg connection"
-    AIOPG_CURSOR = "aiopg cursor"
-    ASYNCPG = "asyncpg connection"
+    AIOPG_CONNECTION = "aiopg Connection"
+    AIOPG_CURSOR = "aiopg Cursor"
+    ASYNCPG = "asyncpg Connection"
     PSYCOPG_ASYNC_CONNECTION = "psycopg AsyncConnection"
     PSYCOPG_ASYNC_CURSOR = "psycopg AsyncCursor"
-    SQLALCHEMY_ASYNC = "SQLAlchemy AsyncConnection/AsyncSession"
+    SQLALCHEMY_ASYNC_CONNECTION = "SQLAlchemy AsyncConnection"
+    SQLALCHEMY_ASYNC_SESSION = "SQLAlchemy AsyncSession"
     DJANGO = "Django connection"
     PSYCOPG_CONNECTION = "psycopg Connection"
     PSYCOPG_CURSOR = "psycopg Cursor"
     PSYCOPG2_CONNECTION = "psycopg2 connection"
     PSYCOPG2_CURSOR = "psycopg2 cursor"
-    SQLALCHEMY_SYNC = "SQLAlchemy Connection/Session"
+    SQLALCHEMY_CONNECTION = "SQLAlchemy Connection"
+    SQLALCHEMY_SESSION = "SQLAlchemy Session"
 
     @property
     def is_async(self) -> bool:
+        """Whether the session is awaited (``enqueue``) rather than called (``enqueue_sync``)."""
         return self in _ASYNC_KINDS
 
 
@@ -63,7 +69,8 @@ _ASYNC_KINDS = frozenset(
         Kind.ASYNCPG,
         Kind.PSYCOPG_ASYNC_CONNECTION,
         Kind.PSYCOPG_ASYNC_CURSOR,
-        Kind.SQLALCHEMY_ASYNC,
+        Kind.SQLALCHEMY_ASYNC_CONNECTION,
+        Kind.SQLALCHEMY_ASYNC_SESSION,
     }
 )
 
@@ -77,8 +84,8 @@ _BY_NAME: Mapping[tuple[str, str], Kind] = {
     ("psycopg", "AsyncCursor"): Kind.PSYCOPG_ASYNC_CURSOR,
     ("psycopg", "AsyncClientCursor"): Kind.PSYCOPG_ASYNC_CURSOR,
     ("psycopg", "AsyncRawCursor"): Kind.PSYCOPG_ASYNC_CURSOR,
-    ("sqlalchemy", "AsyncConnection"): Kind.SQLALCHEMY_ASYNC,
-    ("sqlalchemy", "AsyncSession"): Kind.SQLALCHEMY_ASYNC,
+    ("sqlalchemy", "AsyncConnection"): Kind.SQLALCHEMY_ASYNC_CONNECTION,
+    ("sqlalchemy", "AsyncSession"): Kind.SQLALCHEMY_ASYNC_SESSION,
     ("django", "DatabaseWrapper"): Kind.DJANGO,
     ("django", "ConnectionProxy"): Kind.DJANGO,
     ("psycopg", "Connection"): Kind.PSYCOPG_CONNECTION,
@@ -87,14 +94,14 @@ _BY_NAME: Mapping[tuple[str, str], Kind] = {
     ("psycopg", "RawCursor"): Kind.PSYCOPG_CURSOR,
     ("psycopg2", "connection"): Kind.PSYCOPG2_CONNECTION,
     ("psycopg2", "cursor"): Kind.PSYCOPG2_CURSOR,
-    ("sqlalchemy", "Connection"): Kind.SQLALCHEMY_SYNC,
-    ("sqlalchemy", "Session"): Kind.SQLALCHEMY_SYNC,
+    ("sqlalchemy", "Connection"): Kind.SQLALCHEMY_CONNECTION,
+    ("sqlalchemy", "Session"): Kind.SQLALCHEMY_SESSION,
 }
 
 
-@functools.lru_cache(maxsize=256)
-def _kind_of_class(cls: type) -> Kind | None:
-    # Walk the MRO so subclasses (custom cursor classes, scoped sessions' targets) match too.
+def _kind_of_class(cls: type[Any]) -> Kind | None:
+    # Walk the MRO so subclasses (custom cursor classes, a project's Session subclass) match.
+    # The exact class is the first entry, so the common case is one dictionary lookup.
     for klass in cls.__mro__:
         package = klass.__module__.partition(".")[0]
         kind = _BY_NAME.get((package, klass.__name__))
@@ -127,8 +134,38 @@ _TRANSACTION_IDLE = 0
 
 
 def _check_psycopg2(raw_connection: Any, kind: Kind) -> None:
+    # An autocommit psycopg2 connection (aiopg's always is) commits each statement unless the
+    # caller has sent BEGIN; without autocommit psycopg2 opens a transaction by itself.
     if raw_connection.autocommit and raw_connection.info.transaction_status == _TRANSACTION_IDLE:
         raise _not_in_transaction(kind, "run it between BEGIN and COMMIT")
+
+
+def _check_psycopg3(connection: Any, kind: Kind) -> None:
+    # Without autocommit psycopg 3 opens a transaction on the first statement, which the caller
+    # then commits or rolls back: that joins the caller's unit of work. With autocommit it
+    # would commit the insert on its own.
+    if connection.autocommit and connection.info.transaction_status == _TRANSACTION_IDLE:
+        how = (
+            "run it inside 'async with conn.transaction():'"
+            if kind.is_async
+            else "run it inside 'with conn.transaction():'"
+        )
+        raise _not_in_transaction(kind, f"{how} or use a connection with autocommit=False")
+
+
+def _check_sqlalchemy(connection: Any, kind: Kind) -> None:
+    # SQLAlchemy begins a transaction by itself on the first statement ("autobegin"), which the
+    # caller commits or rolls back, except with isolation_level="AUTOCOMMIT" (on the engine or
+    # the connection): then the DBAPI connection commits every statement on its own. Every
+    # PostgreSQL DBAPI (and SQLAlchemy's asyncpg/psycopg async adapters) exposes that state as
+    # ``autocommit``, however it was set.
+    dbapi_connection = connection.connection.dbapi_connection
+    if getattr(dbapi_connection, "autocommit", False):
+        raise _not_in_transaction(
+            kind,
+            "its isolation_level is AUTOCOMMIT, which commits every statement on its own; use "
+            "a connection or session without AUTOCOMMIT",
+        )
 
 
 async def execute(session: object, query: Query, values: Mapping[str, object]) -> int:
@@ -150,23 +187,32 @@ async def execute(session: object, query: Query, values: Mapping[str, object]) -
     if kind is Kind.ASYNCPG:
         if not s.is_in_transaction():
             raise _not_in_transaction(kind, "run it inside 'async with conn.transaction():'")
+        # asyncpg returns the command tag, not a cursor: "INSERT 0 1", "UPDATE 3".
         status = await s.execute(query.numeric_sql, *query.positional(values))
         return _rowcount_from_status(status)
     if kind is Kind.PSYCOPG_ASYNC_CONNECTION:
         _check_psycopg3(s, kind)
-        cursor = await s.execute(query.sql, values)
-        return int(cursor.rowcount)
+        async with s.cursor() as cursor:
+            await cursor.execute(query.sql, values)
+            return int(cursor.rowcount)
     if kind is Kind.PSYCOPG_ASYNC_CURSOR:
         _check_psycopg3(s.connection, kind)
         await s.execute(query.sql, values)
         return int(s.rowcount)
-    if kind is Kind.SQLALCHEMY_ASYNC:
-        result = await s.execute(_text(query), values)
-        return int(result.rowcount)
+    if kind is Kind.SQLALCHEMY_ASYNC_CONNECTION:
+        # An AsyncConnection that was never started has no sync_connection: its execute()
+        # raises SQLAlchemy's own clear error, so leave that case to it.
+        if s.sync_connection is not None:
+            _check_sqlalchemy(s.sync_connection, kind)
+        return _sqlalchemy_rowcount(await s.execute(_text(query), values))
+    if kind is Kind.SQLALCHEMY_ASYNC_SESSION:
+        connection = await s.connection()
+        _check_sqlalchemy(connection.sync_connection, kind)
+        return _sqlalchemy_rowcount(await s.execute(_text(query), values))
     raise errors.UnsupportedSessionError(
-            f"a {kind.value} is synchronous: call enqueue_sync() with it (enqueue() takes "
-            f"{SUPPORTED_ASYNC})"
-        )
+        f"a {kind.value} is synchronous: call enqueue_sync() with it (enqueue() takes "
+        f"{SUPPORTED_ASYNC})"
+    )
 
 
 def execute_sync(session: object, query: Query, values: Mapping[str, object]) -> int:
@@ -182,6 +228,8 @@ def execute_sync(session: object, query: Query, values: Mapping[str, object]) ->
                 f"Django database {getattr(s, 'alias', '?')!r} uses "
                 f"{getattr(s, 'vendor', '?')!r}; outbox_di needs PostgreSQL"
             )
+        # Django runs in autocommit mode outside atomic(); inside it, or after
+        # set_autocommit(False), a transaction is open and Django commits or rolls it back.
         if s.get_autocommit() and not s.in_atomic_block:
             raise _not_in_transaction(kind, "wrap the change in 'with transaction.atomic():'")
         with s.cursor() as cursor:
@@ -189,7 +237,9 @@ def execute_sync(session: object, query: Query, values: Mapping[str, object]) ->
             return int(cursor.rowcount)
     if kind is Kind.PSYCOPG_CONNECTION:
         _check_psycopg3(s, kind)
-        return int(s.execute(query.sql, values).rowcount)
+        with s.cursor() as cursor:
+            cursor.execute(query.sql, values)
+            return int(cursor.rowcount)
     if kind is Kind.PSYCOPG_CURSOR:
         _check_psycopg3(s.connection, kind)
         s.execute(query.sql, values)
@@ -203,12 +253,16 @@ def execute_sync(session: object, query: Query, values: Mapping[str, object]) ->
         _check_psycopg2(s.connection, kind)
         s.execute(query.sql, values)
         return int(s.rowcount)
-    if kind is Kind.SQLALCHEMY_SYNC:
-        return int(s.execute(_text(query), values).rowcount)
+    if kind is Kind.SQLALCHEMY_CONNECTION:
+        _check_sqlalchemy(s, kind)
+        return _sqlalchemy_rowcount(s.execute(_text(query), values))
+    if kind is Kind.SQLALCHEMY_SESSION:
+        _check_sqlalchemy(s.connection(), kind)
+        return _sqlalchemy_rowcount(s.execute(_text(query), values))
     raise errors.UnsupportedSessionError(
-            f"a {kind.value} is asynchronous: await enqueue() with it (enqueue_sync() takes "
-            f"{SUPPORTED_SYNC})"
-        )
+        f"a {kind.value} is asynchronous: await enqueue() with it (enqueue_sync() takes "
+        f"{SUPPORTED_SYNC})"
+    )
 
 
 def _rowcount_from_status(status: str) -> int:
@@ -217,14 +271,12 @@ def _rowcount_from_status(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
-def _check_psycopg3(connection: Any, kind: Kind) -> None:
-    # Without autocommit psycopg 3 opens a transaction on the first statement, which the caller
-    # then commits or rolls back: that joins the caller's unit of work. With autocommit it
-    # would commit the insert on its own.
-    if connection.autocommit and connection.info.transaction_status == _TRANSACTION_IDLE:
-        raise _not_in_transaction(
-            kind, "run it inside 'async with conn.transaction():' (or 'with conn.transaction():')"
-        )
+def _sqlalchemy_rowcount(result: Any) -> int:
+    # Read the count, then close the result so rows a RETURNING clause produced do not linger
+    # on the caller's connection.
+    rowcount = int(result.rowcount)
+    result.close()
+    return rowcount
 
 
 @functools.lru_cache(maxsize=128)

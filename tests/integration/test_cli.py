@@ -107,9 +107,7 @@ def test_check_trigger_drift_and_no_notify(
     capsys.readouterr()
     assert cli.main(["check", "--dsn", outbox_dsn, "--schema", fresh_schema]) == 1
     assert "missing trigger outbox_events.outbox_events_notify" in capsys.readouterr().out
-    assert cli.main(
-        ["check", "--dsn", outbox_dsn, "--schema", fresh_schema, "--no-notify"]
-    ) == 0
+    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", fresh_schema, "--no-notify"]) == 0
 
 
 def test_check_file_compares_a_migration_without_a_database(
@@ -125,7 +123,7 @@ def test_check_file_compares_a_migration_without_a_database(
     )
     assert cli.main(["check", "--schema", "catalog", "--file", str(edited)]) == 1
     out = capsys.readouterr().out
-    assert "missing statement: CREATE TABLE IF NOT EXISTS \"catalog\".outbox_events" in out
+    assert 'missing statement: CREATE TABLE IF NOT EXISTS "catalog".outbox_events' in out
     assert "extra statement: SELECT 1" in out
 
 

@@ -55,7 +55,9 @@ async def test_enqueue_then_claim_returns_the_stored_event(
     event = events[0]
     assert event.event_id == message.event_id
     assert (event.aggregate_type, event.aggregate_id, event.event_type) == (
-        "item", "item-7", "item.created",
+        "item",
+        "item-7",
+        "item.created",
     )
     assert event.json() == {"n": 7}
     assert event.payload == b'{"n":7}'

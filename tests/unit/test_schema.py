@@ -44,11 +44,22 @@ def test_good_schema_names_are_quoted_everywhere(name: str) -> None:
 def test_ddl_has_the_design_columns_indexes_and_trigger() -> None:
     ddl = schema.render_ddl("catalog")
     for column in (
-        "event_id uuid PRIMARY KEY", "aggregate_type text", "aggregate_id text",
-        "event_type text", "payload bytea", "headers jsonb", "ordering_key text",
-        "status text", "created_at timestamptz", "available_at timestamptz",
-        "published_at timestamptz", "processed_at timestamptz", "delivery_attempts integer",
-        "last_error text", "lock_token uuid", "locked_at timestamptz",
+        "event_id uuid PRIMARY KEY",
+        "aggregate_type text",
+        "aggregate_id text",
+        "event_type text",
+        "payload bytea",
+        "headers jsonb",
+        "ordering_key text",
+        "status text",
+        "created_at timestamptz",
+        "available_at timestamptz",
+        "published_at timestamptz",
+        "processed_at timestamptz",
+        "delivery_attempts integer",
+        "last_error text",
+        "lock_token uuid",
+        "locked_at timestamptz",
     ):
         assert column in ddl, column
     assert "PRIMARY KEY (consumer, event_id)" in ddl
@@ -82,7 +93,10 @@ def test_queries_are_rendered_once_per_schema_in_each_parameter_style() -> None:
     assert "%(" not in claim.numeric_sql and "$4" in claim.numeric_sql
     assert ":lock_token" in claim.named_sql and "%(" not in claim.named_sql
     assert claim.positional({"now": 1, "stale_before": 2, "limit": 3, "lock_token": 4}) == [
-        1, 2, 3, 4,
+        1,
+        2,
+        3,
+        4,
     ]
     assert "FOR UPDATE SKIP LOCKED" in claim.sql
     assert "outbox_claim" in queries
@@ -101,9 +115,21 @@ def test_every_query_is_parameterized_not_formatted() -> None:
 
 def test_repository_query_names_exist() -> None:
     expected = {
-        "outbox_insert", "outbox_insert_many", "outbox_claim", "outbox_mark_published",
-        "outbox_reschedule", "outbox_mark_dead", "outbox_release", "outbox_count_pending",
-        "inbox_insert", "inbox_insert_many", "inbox_claim", "inbox_mark_processed",
-        "inbox_record_error", "inbox_mark_dead", "inbox_release", "inbox_count_pending",
+        "outbox_insert",
+        "outbox_insert_many",
+        "outbox_claim",
+        "outbox_mark_published",
+        "outbox_reschedule",
+        "outbox_mark_dead",
+        "outbox_release",
+        "outbox_count_pending",
+        "inbox_insert",
+        "inbox_insert_many",
+        "inbox_claim",
+        "inbox_mark_processed",
+        "inbox_record_error",
+        "inbox_mark_dead",
+        "inbox_release",
+        "inbox_count_pending",
     }
     assert expected <= schema.query_names()

@@ -1,0 +1,31 @@
+"""Capped exponential backoff with jitter, for publish retries and database outages."""
+
+from __future__ import annotations
+
+import random
+
+
+def retry_delay(
+    attempt: int,
+    *,
+    initial: float,
+    maximum: float,
+    multiplier: float,
+    jitter: float,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1 for the first failure).
+
+    ``initial * multiplier**(attempt-1)``, capped at ``maximum``, then spread by up to
+    ``±jitter`` (a fraction) so that rows failing together do not retry in lockstep. Never
+    negative, never above ``maximum``.
+    """
+    exponent = max(0, attempt - 1)
+    try:
+        base = initial * multiplier**exponent
+    except OverflowError:
+        base = maximum
+    base = min(base, maximum)
+    if jitter:
+        base *= 1.0 + (rng or random).uniform(-jitter, jitter)
+    return max(0.0, min(base, maximum))

@@ -1,0 +1,364 @@
+"""The relay loop: claim due outbox rows, publish them, mark the batch, retry or dead-letter.
+
+``PublisherTask`` runs ``workers`` concurrent loops on one event loop. Each loop:
+
+1. claims up to ``batch_size`` due rows with a fresh lock token (a lease of ``lock_ttl``);
+2. hands the batch to the :class:`~outbox_di.publishing.base.Publisher`;
+3. marks every acknowledged event published in one statement, fenced by the token;
+4. reschedules failures with capped exponential backoff and jitter (one statement), or
+   dead-letters them after ``max_attempts`` or at once for a permanent error.
+
+An idle loop sleeps until a NOTIFY from the insert trigger arrives or ``tick_interval`` passes,
+so lag is not bounded below by the poll. A database or broker outage makes the loops back off
+and recover by themselves. ``stop()`` lets in-flight batches finish within
+``shutdown_timeout`` and then gives any row still leased back, so no other worker has to wait
+for a lease to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.metrics import Meter
+
+from outbox_di import config as config_module
+from outbox_di import errors, models, observability
+from outbox_di.publishing import backoff, base
+from outbox_di.repository import OutboxRepository
+
+_MAX_OUTAGE_BACKOFF = 30.0
+_STATS_INTERVAL = 5.0
+
+
+@dataclasses.dataclass
+class _Claim:
+    token: uuid.UUID
+    event_ids: list[uuid.UUID]
+
+
+@dataclasses.dataclass
+class PublisherStats:
+    """Counters since start, for tests, benchmarks and the demo."""
+
+    published: int = 0
+    failed: int = 0
+    dead: int = 0
+    lease_lost: int = 0
+    batches: int = 0
+    outages: int = 0
+
+
+class PublisherTask:
+    """Relays the outbox of one schema to a publisher (the seed's ``NewTask``)."""
+
+    def __init__(
+        self,
+        config: config_module.OutboxConfig,
+        repository: OutboxRepository,
+        publisher: base.Publisher,
+        logger: logging.Logger | None = None,
+        meter: Meter | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = config.publisher
+        self.repository = repository
+        self.publisher = publisher
+        self.logger = logger or observability.logger
+        self.metrics = observability.OutboxMetrics(
+            meter, config.schema, enabled=config.publisher.metrics_enabled
+        )
+        self.stats = PublisherStats()
+        self._rng = rng or random.Random()
+        self._lock_ttl = dt.timedelta(seconds=self.settings.lock_ttl)
+        self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stopping = False
+        self._workers: list[asyncio.Task[None]] = []
+        self._helpers: list[asyncio.Task[None]] = []
+        self._claims: dict[int, _Claim] = {}
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._started and any(not task.done() for task in self._workers)
+
+    async def start(self) -> None:
+        """Start the loops (and the NOTIFY listener); returns at once."""
+        if self._started:
+            raise errors.OutboxError("this PublisherTask was already started")
+        self._started = True
+        await self.publisher.start()
+        if self.settings.notify:
+            self._helpers.append(asyncio.create_task(self._listen(), name="outbox-listen"))
+        if self.metrics.enabled:
+            self._helpers.append(asyncio.create_task(self._report_backlog(), name="outbox-stats"))
+        self._workers = [
+            asyncio.create_task(self._run(number), name=f"outbox-publisher-{number}")
+            for number in range(self.settings.workers)
+        ]
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Drain: finish in-flight batches within ``timeout`` (``shutdown_timeout``), then
+        cancel what is left and release its leases."""
+        deadline = self.settings.shutdown_timeout if timeout is None else timeout
+        self._stopping = True
+        self._stop_requested.set()
+        self._notify()
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=deadline)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        for task in self._helpers:
+            task.cancel()
+        for task in self._helpers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._release_leftovers()
+
+    async def __aenter__(self) -> PublisherTask:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _release_leftovers(self) -> None:
+        claims = list(self._claims.values())
+        self._claims.clear()
+        for claim in claims:
+            try:
+                await self.repository.release(claim.event_ids, claim.token)
+            except errors.DatabaseError:
+                self.logger.warning(
+                    "could not release %d leased outbox rows on stop; they are due again "
+                    "after lock_ttl (%.0fs)",
+                    len(claim.event_ids),
+                    self.settings.lock_ttl,
+                )
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _run(self, number: int) -> None:
+        outages = 0
+        while not self._stopping:
+            wake = self._wake
+            try:
+                claimed = await self.run_once(number)
+            except errors.DatabaseError as exc:
+                outages += 1
+                self.stats.outages += 1
+                delay = backoff.retry_delay(
+                    outages,
+                    initial=min(self.settings.tick_interval, 1.0),
+                    maximum=_MAX_OUTAGE_BACKOFF,
+                    multiplier=2.0,
+                    jitter=0.2,
+                    rng=self._rng,
+                )
+                self.logger.warning(
+                    "outbox publisher %d: database unavailable (%s); retrying in %.1fs",
+                    number,
+                    exc,
+                    delay,
+                )
+                await self._sleep(delay)
+                continue
+            outages = 0
+            if claimed < self.settings.batch_size:
+                await self._idle(wake)
+
+    async def _idle(self, wake: asyncio.Event) -> None:
+        if self._stopping:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(wake.wait(), self.settings.tick_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but not past stop()."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+
+    def _notify(self) -> None:
+        """Wake every idle loop; the next waiters get a fresh event."""
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def run_once(self, number: int = 0) -> int:
+        """One claim → publish → mark cycle; returns how many rows were claimed."""
+        token = uuid.uuid4()
+        now = models.utcnow()
+        events = await self.repository.claim_pending(
+            now, now - self._lock_ttl, self.settings.batch_size, token
+        )
+        if not events:
+            return 0
+        claim = _Claim(token, [event.event_id for event in events])
+        self._claims[number] = claim
+        started = time.perf_counter()
+        outcomes = await self._publish(events)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        acked_at = models.utcnow()
+        self.stats.batches += 1
+
+        published = [e for e, o in zip(events, outcomes, strict=True) if o.ok]
+        failed = [(e, o) for e, o in zip(events, outcomes, strict=True) if not o.ok]
+        if published:
+            changed = await self.repository.mark_published(
+                [event.event_id for event in published], token, acked_at
+            )
+            self.stats.published += changed
+            if changed < len(published):
+                lost = len(published) - changed
+                self.stats.lease_lost += lost
+                self.logger.warning(
+                    "outbox publisher %d: lease lost on %d of %d published events (another "
+                    "worker took them after lock_ttl); they may be published twice",
+                    number,
+                    lost,
+                    len(published),
+                )
+            self._record_success(published, latency_ms, acked_at)
+        if failed:
+            await self._handle_failures(number, token, failed, acked_at)
+        self._claims.pop(number, None)
+        return len(events)
+
+    async def _publish(self, events: Sequence[models.OutboxEvent]) -> Sequence[base.PublishOutcome]:
+        try:
+            outcomes = await asyncio.wait_for(
+                self.publisher.publish(events), self.settings.publish_timeout
+            )
+        except asyncio.TimeoutError:
+            error = f"publish timed out after {self.settings.publish_timeout:g}s"
+            return [base.PublishOutcome(error=error)] * len(events)
+        except Exception as exc:  # a broken publisher must not stop the relay
+            error = f"{type(exc).__name__}: {exc}"
+            return [base.PublishOutcome(error=error)] * len(events)
+        if len(outcomes) != len(events):
+            error = f"publisher returned {len(outcomes)} outcomes for {len(events)} events"
+            return [base.PublishOutcome(error=error)] * len(events)
+        return outcomes
+
+    def _record_success(
+        self, published: Sequence[models.OutboxEvent], latency_ms: float, acked_at: dt.datetime
+    ) -> None:
+        if not self.metrics.enabled:
+            return
+        counts: dict[str, int] = {}
+        for event in published:
+            counts[event.event_type] = counts.get(event.event_type, 0) + 1
+            lag_ms = (acked_at - event.created_at).total_seconds() * 1000.0
+            self.metrics.record_lag(lag_ms, event.event_type)
+        for event_type, count in counts.items():
+            self.metrics.published(event_type, count)
+            self.metrics.record_latency(latency_ms, event_type)
+
+    async def _handle_failures(
+        self,
+        number: int,
+        token: uuid.UUID,
+        failed: Sequence[tuple[models.OutboxEvent, base.PublishOutcome]],
+        now: dt.datetime,
+    ) -> None:
+        retries: list[tuple[uuid.UUID, dt.datetime, str]] = []
+        for event, outcome in failed:
+            error = outcome.error or "unknown error"
+            attempt = event.delivery_attempts
+            self.stats.failed += 1
+            self.metrics.failed(event.event_type)
+            if outcome.permanent or attempt >= self.settings.max_attempts:
+                reason = "permanent error" if outcome.permanent else f"{attempt} attempts"
+                changed = await self.repository.mark_dead(
+                    event.event_id, token, f"{error} (dead after {reason})"
+                )
+                if changed:
+                    self.stats.dead += 1
+                    self.metrics.dead_lettered(event.event_type)
+                self.logger.error(
+                    "outbox event %s dead-lettered after %s: %s",
+                    event.event_id,
+                    reason,
+                    error,
+                    extra=observability.log_extra(
+                        event_id=str(event.event_id),
+                        aggregate_id=event.aggregate_id,
+                        attempt=attempt,
+                    ),
+                )
+                continue
+            delay = backoff.retry_delay(
+                attempt,
+                initial=self.settings.backoff.initial,
+                maximum=self.settings.backoff.max,
+                multiplier=self.settings.backoff.multiplier,
+                jitter=self.settings.backoff.jitter,
+                rng=self._rng,
+            )
+            retries.append((event.event_id, now + dt.timedelta(seconds=delay), error))
+            self.logger.warning(
+                "outbox event %s failed (attempt %d), retrying in %.1fs: %s",
+                event.event_id,
+                attempt,
+                delay,
+                error,
+                extra=observability.log_extra(
+                    event_id=str(event.event_id), aggregate_id=event.aggregate_id, attempt=attempt
+                ),
+            )
+        if retries:
+            await self.repository.reschedule_many(token, retries)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Hold a LISTEN connection; every notification wakes the idle loops."""
+        sql = self.repository.queries["listen_outbox"].sql
+        failures = 0
+        while not self._stopping:
+            try:
+                pool: Any = self.repository.pool
+                async with pool.acquire() as conn:
+                    async with conn.cursor() as cursor:
+                        await cursor.execute(sql)
+                    failures = 0
+                    # Rows committed while we were not listening are found by this wake-up.
+                    self._notify()
+                    while not self._stopping:
+                        await conn.notifies.get()
+                        self._notify()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection lost: the poll covers us meanwhile
+                failures += 1
+                delay = backoff.retry_delay(
+                    failures, initial=0.5, maximum=_MAX_OUTAGE_BACKOFF, multiplier=2.0, jitter=0.2
+                )
+                self.logger.warning("outbox LISTEN connection lost (%s); retrying in %.1fs", exc, delay)
+                await self._sleep(delay)
+
+    async def _report_backlog(self) -> None:
+        while not self._stopping:
+            try:
+                pending, oldest = await self.repository.pending_stats()
+                age_ms = 0.0
+                if oldest is not None:
+                    age_ms = max(0.0, (models.utcnow() - oldest).total_seconds() * 1000.0)
+                self.metrics.set_backlog(pending, age_ms)
+            except errors.DatabaseError as exc:
+                self.logger.debug("outbox backlog gauge not updated: %s", exc)
+            await self._sleep(_STATS_INTERVAL)

@@ -1,0 +1,245 @@
+"""PublisherTask against a real PostgreSQL, with the in-memory publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from outbox_di import config, database, models, repository
+from outbox_di.publishing import base
+from outbox_di.publishing.task import PublisherTask
+
+pytestmark = pytest.mark.integration
+
+
+def _config(schema: str, dsn: str, **publisher: Any) -> config.OutboxConfig:
+    settings: dict[str, Any] = {
+        "topic": "events",
+        "tick_interval": "50ms",
+        "lock_ttl": "30s",
+        "publish_timeout": "5s",
+        "backoff": {"initial": "10ms", "max": "50ms", "jitter": 0.1},
+    }
+    settings.update(publisher)
+    return config.OutboxConfig.from_mapping({"schema": schema, "dsn": dsn, "publisher": settings})
+
+
+async def _enqueue(pool: Any, repo: repository.OutboxRepository, count: int, key: str = "a") -> list[uuid.UUID]:
+    messages = [
+        models.Message("item", f"{key}-{n}", "item.created", {"n": n}) for n in range(count)
+    ]
+    async with pool.acquire() as conn, conn.cursor() as cursor, cursor.begin():
+        return await repo.enqueue_many(cursor, messages)
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_relays_every_event_once(
+    outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
+) -> None:
+    ids = await _enqueue(outbox_pool, outbox_repository, 1200)
+    sink = base.InMemoryPublisher()
+    cfg = _config(outbox_repository.schema, outbox_dsn, batch_size=100, workers=3)
+    async with PublisherTask(cfg, outbox_repository, sink) as task:
+        await _until(lambda: len(sink.published) >= 1200)
+        await _until(lambda: task.stats.published >= 1200)
+    assert sorted(e.event_id for e in sink.published) == sorted(ids)
+    assert await outbox_repository.count_pending() == 0
+    stored = await outbox_repository.get(ids[0])
+    assert stored is not None and stored.status is models.OutboxStatus.PUBLISHED
+
+
+async def test_notify_wakes_an_idle_worker_long_before_the_poll(
+    outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
+) -> None:
+    sink = base.InMemoryPublisher()
+    cfg = _config(outbox_repository.schema, outbox_dsn, tick_interval="30s", workers=1)
+    async with PublisherTask(cfg, outbox_repository, sink):
+        await asyncio.sleep(0.3)  # the worker is now idle, waiting up to 30 s
+        started = time.monotonic()
+        await _enqueue(outbox_pool, outbox_repository, 1)
+        await _until(lambda: len(sink.published) == 1, timeout=5)
+        assert time.monotonic() - started < 2.0
+
+
+async def test_poll_finds_rows_without_notify(
+    outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
+) -> None:
+    sink = base.InMemoryPublisher()
+    cfg = _config(outbox_repository.schema, outbox_dsn, notify=False, tick_interval="100ms")
+    async with PublisherTask(cfg, outbox_repository, sink):
+        await asyncio.sleep(0.2)
+        await _enqueue(outbox_pool, outbox_repository, 3)
+        await _until(lambda: len(sink.published) == 3, timeout=5)
+
+
+async def test_failures_are_retried_with_error_and_attempts_recorded(
+    outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
+) -> None:
+    [event_id] = await _enqueue(outbox_pool, outbox_repository, 1)
+    sink = base.InMemoryPublisher()
+    sink.fail_next(2, "broker said no")
+    cfg = _config(outbox_repository.schema, outbox_dsn, workers=1)
+    async with PublisherTask(cfg, outbox_repository, sink) as task:
+        await _until(lambda: len(sink.published) == 1)
+        await _until(lambda: task.stats.published == 1)
+    stored = await outbox_repository.get(event_id)
+    assert stored is not None
+    assert stored.status is models.OutboxStatus.PUBLISHED
+    assert stored.delivery_attempts == 3
+    assert stored.last_error == "broker said no"
+    assert task.stats.failed == 2
+
+
+async def test_dead_letter_after_max_attempts_and_at_once_when_permanent(
+    outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
+) -> None:
+    [retried] = await _enqueue(outbox_pool, outbox_repository, 1)
+    sink = base.InMemoryPublisher()
+    sink.fail_next(1000, "unavailable")
+    cfg = _config(outbox_repository.schema, outbox_dsn, workers=1, max_attempts=3)
+    async with PublisherTask(cfg, outbox_repository, sink) as task:
+        await _until(lambda: task.stats.dead == 1)
+        sink.fail_next(1, "message too large", permanent=True)
+        [permanent] = await _enqueue(outbox_pool, outbox_repository, 1, key="p")
+        await _until(lambda: task.stats.dead == 2)
+    dead = await outbox_repository.get(retried)
+    assert dead is not None and dead.status is models.OutboxStatus.DEAD
+    assert dead.delivery_attempts == 3
+    assert dead.last_error is not None and "unavailable" in dead.last_error
+    assert "3 attempts" in dead.last_error
+    at_once = await outbox_repository.get(permanent)
+    assert at_once is not None and at_once.status is models.OutboxStatus.DEAD
+    assert at_once.delivery_attempts == 1
+    assert at_once.last_error is not None and "message too large" in at_once.last_error
+    assert await outbox_repository.count_pending() == 0
+
+
+async def test_stop_releases_in_flight_claims_within_the_deadline(
+    outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
+) -> None:
+    ids = await _enqueue(outbox_pool, outbox_repository, 10)
+    sink = base.InMemoryPublisher()
+    sink.set_delay(4.0)  # a broker that hangs
+    cfg = _config(outbox_repository.schema, outbox_dsn, workers=1, shutdown_timeout="300ms")
+    task = PublisherTask(cfg, outbox_repository, sink)
+    await task.start()
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    await task.stop()
+    assert time.monotonic() - started < 1.5
+    assert not task.running
+    for event_id in ids:
+        stored = await outbox_repository.get(event_id)
+        assert stored is not None
+        assert stored.lock_token is None, "a released row must be due again at once"
+        assert stored.delivery_attempts == 0
+    # ...so a new worker gets them at once, without waiting for lock_ttl.
+    now = models.utcnow()
+    claimed = await outbox_repository.claim_pending(now, now, 100, uuid.uuid4())
+    assert len(claimed) == 10
+
+
+async def test_a_killed_worker_s_rows_are_published_by_another_after_lock_ttl(
+    outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
+) -> None:
+    ids = await _enqueue(outbox_pool, outbox_repository, 50)
+    hanging = base.InMemoryPublisher()
+    hanging.set_delay(60)
+    cfg = _config(
+        outbox_repository.schema, outbox_dsn, workers=1, lock_ttl="1s", publish_timeout="500ms"
+    )
+    doomed = PublisherTask(cfg, outbox_repository, hanging)
+    await doomed.start()
+    await _until(lambda: hanging.batches == 0 and bool(doomed._claims))
+    for worker in doomed._workers + doomed._helpers:
+        worker.cancel()  # killed: no cleanup, the lease stays behind
+    await asyncio.gather(*doomed._workers, *doomed._helpers, return_exceptions=True)
+    sink = base.InMemoryPublisher()
+    async with PublisherTask(cfg, outbox_repository, sink):
+        await _until(lambda: len(sink.published) == 50)
+    assert sorted(e.event_id for e in sink.published) == sorted(ids)
+    assert all(e.delivery_attempts == 2 for e in sink.published)
+
+
+async def test_recovers_after_database_connections_are_killed(
+    outbox_pool: Any, outbox_schema: str, outbox_dsn: str
+) -> None:
+    sink = base.InMemoryPublisher()
+    cfg = _config(outbox_schema, outbox_dsn, workers=2)
+    victim = "outbox_di_outage_test"
+    async with database.open_pool(outbox_dsn, application_name=victim) as relay_pool:
+        repo = repository.OutboxRepository(relay_pool, outbox_schema)
+        async with PublisherTask(cfg, repo, sink) as task:
+            await _enqueue(outbox_pool, repo, 10)
+            await _until(lambda: len(sink.published) == 10)
+            async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
+                await cursor.execute(
+                    repo.queries["test_terminate_backends"].sql, {"application_name": victim}
+                )
+                assert cursor.rowcount >= 1
+            await _enqueue(outbox_pool, repo, 10, key="b")
+            await _until(lambda: len(sink.published) >= 20)
+            assert task.running
+        assert await repo.count_pending() == 0
+
+
+def _metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    data = reader.get_metrics_data()
+    if data is None:
+        return found
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found.setdefault(metric.name, []).extend(metric.data.data_points)
+    return found
+
+
+async def test_metrics_have_the_contract_names_and_can_be_turned_off(
+    outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
+) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    meter = provider.get_meter("test")
+    await _enqueue(outbox_pool, outbox_repository, 5)
+    sink = base.InMemoryPublisher()
+    sink.fail_next(1)
+    cfg = _config(outbox_repository.schema, outbox_dsn, workers=1)
+    async with PublisherTask(cfg, outbox_repository, sink, meter=meter) as task:
+        await _until(lambda: task.stats.published == 5)
+    points = _metric_points(reader)
+    success = points["outbox_publish_success_total"]
+    assert sum(p.value for p in success) == 5
+    assert dict(success[0].attributes) == {
+        "schema": outbox_repository.schema,
+        "event_type": "item.created",
+    }
+    assert sum(p.value for p in points["outbox_publish_failure_total"]) == 1
+    assert sum(p.count for p in points["outbox_publish_latency_ms"]) >= 1
+    assert sum(p.count for p in points["outbox_publish_lag_ms"]) == 5
+    assert "outbox_pending_gauge" in points
+    assert "outbox_oldest_pending_age_ms" in points
+
+    quiet_reader = InMemoryMetricReader()
+    quiet = MeterProvider(metric_readers=[quiet_reader])
+    await _enqueue(outbox_pool, outbox_repository, 2, key="q")
+    off = _config(outbox_repository.schema, outbox_dsn, workers=1, metrics_enabled=False)
+    async with PublisherTask(off, outbox_repository, sink, meter=quiet.get_meter("t")) as task:
+        await _until(lambda: task.stats.published == 2)
+    assert _metric_points(quiet_reader) == {}
+    provider.shutdown()
+    quiet.shutdown()
