@@ -1,0 +1,290 @@
+"""``PubSubPublisher``: the relay's publisher on Google Cloud Pub/Sub.
+
+It sends each claimed batch with the GAPIC ``PublisherAsyncClient``, one ``Publish`` request
+per topic and chunk (at most 1,000 messages and 10 MB), built from raw protobuf messages.
+Measured on these machines, the thread-batching high-level ``PublisherClient`` tops out near
+15-25k msg/s because every ``publish()`` call costs ~50 µs, while one request per claimed batch
+on the async client reached ~40k msg/s; and a raw protobuf message is ~5x cheaper to build than
+its proto-plus wrapper. The client is created in ``start()``, inside the running event loop,
+since a gRPC asyncio channel is bound to the loop that made it.
+
+Failures never raise: each event gets an outcome. A message that the service would refuse
+(over 10 MB, too many or too long attributes) fails alone and permanently, so it is
+dead-lettered instead of poisoning its batch; a request refused as invalid is retried message
+by message to find the culprit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.api_core import exceptions as google_exceptions
+from google.pubsub_v1.types import PublishRequest, PubsubMessage
+
+from outbox_di import config as config_module
+from outbox_di import errors, models, observability
+from outbox_di.publishing.base import PublishOutcome
+
+MAX_MESSAGES_PER_REQUEST = 1000
+MAX_REQUEST_BYTES = 10_000_000
+MAX_MESSAGE_BYTES = 10_000_000
+MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTE_KEY_BYTES = 256
+MAX_ATTRIBUTE_VALUE_BYTES = 1024
+# Per-message framing beyond data and attributes, counted generously when splitting requests.
+_MESSAGE_OVERHEAD = 64
+
+_PB_MESSAGE: Any = PubsubMessage.pb()
+_PB_REQUEST: Any = PublishRequest.pb()
+
+
+def resolve_topic(name: str, project: str | None, key: str) -> str:
+    """``projects/P/topics/T`` from a full name, or from a bare name and the project."""
+    if name.startswith("projects/"):
+        return name
+    if not project:
+        raise errors.ConfigError(
+            [
+                f"{key}: topic {name!r} is a bare name but no project is known; set "
+                "pubsub.project (or GOOGLE_CLOUD_PROJECT), or give projects/P/topics/T"
+            ]
+        )
+    return f"projects/{project}/topics/{name}"
+
+
+def _project(settings: config_module.OutboxConfig) -> str | None:
+    return (
+        settings.pubsub.project
+        or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        or os.environ.get("GCLOUD_PROJECT")
+    )
+
+
+class TopicRouter:
+    """Chooses each event's topic: ``topics[event_type]``, else ``topics[aggregate_type]``,
+    else ``topic``. Names are resolved once, at construction."""
+
+    def __init__(self, settings: config_module.OutboxConfig) -> None:
+        project = _project(settings)
+        publisher = settings.publisher
+        self.default = (
+            resolve_topic(publisher.topic, project, "publisher.topic") if publisher.topic else None
+        )
+        self.routes = {
+            route: resolve_topic(topic, project, f"publisher.topics.{route}")
+            for route, topic in publisher.topics.items()
+        }
+
+    def topic_for(self, event: models.OutboxEvent) -> str | None:
+        routes = self.routes
+        if routes:
+            found = routes.get(event.event_type) or routes.get(event.aggregate_type)
+            if found:
+                return found
+        return self.default
+
+    def configured(self) -> dict[str, str]:
+        """Every configured topic with the key that names it."""
+        named = {f"publisher.topics.{route}": topic for route, topic in self.routes.items()}
+        if self.default:
+            named["publisher.topic"] = self.default
+        return named
+
+
+def _attributes(event: models.OutboxEvent) -> dict[str, str]:
+    attributes = dict(event.headers)
+    attributes["event_id"] = str(event.event_id)
+    attributes["event_type"] = event.event_type
+    attributes["aggregate_type"] = event.aggregate_type
+    attributes["aggregate_id"] = event.aggregate_id
+    return attributes
+
+
+def message_problem(event: models.OutboxEvent, attributes: Mapping[str, str]) -> str | None:
+    """Why Pub/Sub would refuse this message, or ``None``."""
+    if len(event.payload) > MAX_MESSAGE_BYTES:
+        return (
+            f"payload of {len(event.payload)} bytes is over Pub/Sub's limit of "
+            f"{MAX_MESSAGE_BYTES} bytes per message"
+        )
+    if len(attributes) > MAX_ATTRIBUTES:
+        return f"{len(attributes)} attributes is over Pub/Sub's limit of {MAX_ATTRIBUTES}"
+    for key, value in attributes.items():
+        if not key or len(key.encode()) > MAX_ATTRIBUTE_KEY_BYTES:
+            return f"attribute key {key[:40]!r} is empty or over {MAX_ATTRIBUTE_KEY_BYTES} bytes"
+        if key.startswith("goog"):
+            return f"attribute key {key[:40]!r} uses the prefix 'goog', reserved by Pub/Sub"
+        if len(value.encode()) > MAX_ATTRIBUTE_VALUE_BYTES:
+            return f"attribute {key[:40]!r} is over {MAX_ATTRIBUTE_VALUE_BYTES} bytes"
+    return None
+
+
+def _size(event: models.OutboxEvent, attributes: Mapping[str, str]) -> int:
+    return (
+        len(event.payload)
+        + sum(len(k) + len(v) for k, v in attributes.items())
+        + len(event.ordering_key or "")
+        + _MESSAGE_OVERHEAD
+    )
+
+
+def make_emulator_client(host: str) -> Any:
+    """A ``PublisherAsyncClient`` on an insecure channel to an emulator (no credentials)."""
+    import grpc
+    from google.pubsub_v1.services.publisher import PublisherAsyncClient
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
+
+    channel = grpc.aio.insecure_channel(host)
+    return PublisherAsyncClient(transport=PublisherGrpcAsyncIOTransport(channel=channel))
+
+
+def make_client(settings: config_module.OutboxConfig) -> Any:
+    """The client for ``settings``: the emulator when configured (``pubsub.emulator_host`` or
+    ``PUBSUB_EMULATOR_HOST``), else Google Cloud with application default credentials."""
+    host = settings.pubsub.emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST")
+    if host:
+        return make_emulator_client(host)
+    from google.pubsub_v1.services.publisher import PublisherAsyncClient
+
+    return PublisherAsyncClient()
+
+
+class PubSubPublisher:
+    """Publishes outbox events to Pub/Sub topics (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: config_module.OutboxConfig,
+        client: Any = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.settings = settings
+        self.router = TopicRouter(settings)
+        self.ordering = settings.publisher.ordering
+        self.timeout = settings.publisher.publish_timeout
+        self.logger = logger or observability.logger
+        self._client = client
+        self._owns_client = client is None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise errors.OutboxError("PubSubPublisher.start() must run before publishing")
+        return self._client
+
+    async def start(self) -> None:
+        """Create the client (in this event loop) and check every configured topic exists."""
+        if self._client is None:
+            self._client = make_client(self.settings)
+        for key, topic in self.router.configured().items():
+            try:
+                await self.client.get_topic(topic=topic, timeout=self.timeout)
+            except google_exceptions.NotFound as exc:
+                raise errors.ConfigError(
+                    [f"{key}: topic {topic!r} does not exist ({exc.message}); create it first"]
+                ) from exc
+            except google_exceptions.PermissionDenied:
+                # A publisher-only role may not read topic metadata: publishing will tell.
+                self.logger.warning(
+                    "cannot check that topic %s exists (permission denied); continuing", topic
+                )
+
+    async def close(self) -> None:
+        if self._client is not None and self._owns_client:
+            await self._client.transport.close()
+        self._client = None
+
+    async def publish(self, events: Sequence[models.OutboxEvent]) -> Sequence[PublishOutcome]:
+        outcomes: list[PublishOutcome | None] = [None] * len(events)
+        # topic -> list of (index, pb message, size)
+        by_topic: dict[str, list[tuple[int, Any, int]]] = {}
+        for index, event in enumerate(events):
+            topic = self.router.topic_for(event)
+            if topic is None:
+                outcomes[index] = PublishOutcome(
+                    error=(
+                        f"no topic for event_type {event.event_type!r} / aggregate_type "
+                        f"{event.aggregate_type!r}: set publisher.topic or publisher.topics"
+                    ),
+                    permanent=True,
+                )
+                continue
+            attributes = _attributes(event)
+            problem = message_problem(event, attributes)
+            if problem is not None:
+                outcomes[index] = PublishOutcome(error=problem, permanent=True)
+                continue
+            message = _PB_MESSAGE(
+                data=event.payload,
+                attributes=attributes,
+                ordering_key=event.ordering_key or "",
+            )
+            by_topic.setdefault(topic, []).append((index, message, _size(event, attributes)))
+
+        requests = [
+            (topic, chunk) for topic, items in by_topic.items() for chunk in _chunks(items)
+        ]
+        if self.ordering:
+            # Ordered keys must reach the service in order: one request at a time.
+            for topic, chunk in requests:
+                await self._send(topic, chunk, outcomes)
+        else:
+            await asyncio.gather(*(self._send(topic, chunk, outcomes) for topic, chunk in requests))
+        return [
+            outcome if outcome is not None else PublishOutcome(error="not published")
+            for outcome in outcomes
+        ]
+
+    async def _send(
+        self,
+        topic: str,
+        chunk: Sequence[tuple[int, Any, int]],
+        outcomes: list[PublishOutcome | None],
+    ) -> None:
+        request = PublishRequest.wrap(_PB_REQUEST(topic=topic, messages=[m for _, m, _ in chunk]))
+        try:
+            response = await self.client.publish(request=request, timeout=self.timeout, retry=None)
+        except google_exceptions.InvalidArgument as exc:
+            if len(chunk) > 1:
+                # One bad message fails the whole request: find it by sending them one by one.
+                for item in chunk:
+                    await self._send(topic, [item], outcomes)
+                return
+            outcomes[chunk[0][0]] = PublishOutcome(
+                error=f"Pub/Sub refused the message: {exc.message}", permanent=True
+            )
+            return
+        except google_exceptions.GoogleAPICallError as exc:
+            error = f"{type(exc).__name__}: {exc.message}"
+            for index, _, _ in chunk:
+                outcomes[index] = PublishOutcome(error=error)
+            return
+        except Exception as exc:  # e.g. grpc errors outside api_core's mapping, timeouts
+            error = f"{type(exc).__name__}: {exc}"
+            for index, _, _ in chunk:
+                outcomes[index] = PublishOutcome(error=error)
+            return
+        for (index, _, _), message_id in zip(chunk, response.message_ids, strict=True):
+            outcomes[index] = PublishOutcome(message_id=message_id)
+
+
+def _chunks(
+    items: Sequence[tuple[int, Any, int]],
+) -> list[Sequence[tuple[int, Any, int]]]:
+    """Split into requests of at most 1,000 messages and 10 MB."""
+    chunks: list[Sequence[tuple[int, Any, int]]] = []
+    start = 0
+    size = 0
+    for position, (_, _, message_size) in enumerate(items):
+        count = position - start
+        if count and (count >= MAX_MESSAGES_PER_REQUEST or size + message_size > MAX_REQUEST_BYTES):
+            chunks.append(items[start:position])
+            start, size = position, 0
+        size += message_size
+    if start < len(items):
+        chunks.append(items[start:])
+    return chunks
