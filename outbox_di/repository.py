@@ -217,9 +217,11 @@ class OutboxRepository:
 
         Due: pending, ``available_at <= now``, and not leased or leased before
         ``stale_before`` (``now - lock_ttl``). Rows that another claimer holds are skipped.
+        With ``ordering``, a row with an ordering key is due only while it is the oldest
+        pending row of its key: at most one event per key is in flight.
         """
         rows = await self._db.fetch(
-            "outbox_claim",
+            "outbox_claim_ordered" if self.ordering else "outbox_claim",
             {
                 "now": now,
                 "stale_before": stale_before,

@@ -64,6 +64,40 @@ RETURNING e.event_id, e.seq, e.aggregate_type, e.aggregate_id, e.event_type, e.p
           e.headers, e.ordering_key, e.status, e.created_at, e.available_at, e.published_at,
           e.delivery_attempts, e.last_error, e.lock_token, e.locked_at;
 
+-- name: outbox_claim_ordered
+-- outbox_claim for per-key ordering: a row with an ordering key is due only while it is the
+-- head of its key (no earlier pending row of that key, whatever that row's state), so a key's
+-- events are published one after the other and a failing head holds back only its own key.
+WITH due AS (
+    SELECT e.event_id
+    FROM {{schema}}.outbox_events AS e
+    WHERE e.status = 'pending'
+      AND e.available_at <= CAST(%(now)s AS timestamptz)
+      AND (e.locked_at IS NULL OR e.locked_at < CAST(%(stale_before)s AS timestamptz))
+      AND (
+          e.ordering_key IS NULL
+          OR NOT EXISTS (
+              SELECT 1
+              FROM {{schema}}.outbox_events AS p
+              WHERE p.ordering_key = e.ordering_key
+                AND p.status = 'pending'
+                AND p.seq < e.seq
+          )
+      )
+    ORDER BY e.available_at, e.seq
+    LIMIT CAST(%(limit)s AS integer)
+    FOR UPDATE OF e SKIP LOCKED
+)
+UPDATE {{schema}}.outbox_events AS e
+SET lock_token = CAST(%(lock_token)s AS uuid),
+    locked_at = CAST(%(now)s AS timestamptz),
+    delivery_attempts = e.delivery_attempts + 1
+FROM due
+WHERE e.event_id = due.event_id
+RETURNING e.event_id, e.seq, e.aggregate_type, e.aggregate_id, e.event_type, e.payload,
+          e.headers, e.ordering_key, e.status, e.created_at, e.available_at, e.published_at,
+          e.delivery_attempts, e.last_error, e.lock_token, e.locked_at;
+
 -- name: outbox_mark_published
 UPDATE {{schema}}.outbox_events
 SET status = 'published',

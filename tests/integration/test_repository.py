@@ -449,3 +449,31 @@ async def test_concurrent_inbox_claimers_never_take_the_same_row(
     await asyncio.gather(*(worker() for _ in range(4)))
     assert len(seen) == 1000
     assert len(set(seen)) == 1000
+
+
+async def test_ordered_claim_takes_only_the_head_of_each_key(
+    outbox_pool: Any, outbox_schema: str
+) -> None:
+    repo = repository.OutboxRepository(outbox_pool, outbox_schema, ordering=True)
+    a = [_message(n, aggregate_id="a") for n in range(3)]
+    b = [_message(n, aggregate_id="b") for n in range(2)]
+    await _enqueue(outbox_pool, repo, a[0], b[0], a[1], b[1], a[2])
+    token, first = await _claim(repo)
+    assert [e.event_id for e in first] == [a[0].event_id, b[0].event_id]
+    # While the heads are in flight, nobody else gets the next events of those keys.
+    _, blocked = await _claim(repo)
+    assert blocked == []
+    # A failing head holds back only its own key.
+    retry_at = models.utcnow() + dt.timedelta(minutes=5)
+    assert await repo.reschedule(a[0].event_id, token, retry_at, "broker down") == 1
+    assert await repo.mark_published([b[0].event_id], token, models.utcnow()) == 1
+    token2, second = await _claim(repo)
+    assert [e.event_id for e in second] == [b[1].event_id]
+    await repo.mark_published([b[1].event_id], token2, models.utcnow())
+    assert (await _claim(repo))[1] == []
+    # Once the head is dead-lettered, the key moves on in order.
+    token3, [head] = await _claim(repo, now=retry_at + SECOND)
+    assert head.event_id == a[0].event_id
+    assert await repo.mark_dead(head.event_id, token3, "gave up") == 1
+    token4, [nxt] = await _claim(repo, now=retry_at + SECOND)
+    assert nxt.event_id == a[1].event_id
