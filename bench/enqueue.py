@@ -8,11 +8,12 @@ library through ``models.Message`` and ``OutboxRepository.enqueue``/``enqueue_ma
 baseline as hand-built parameter dicts for the library's own statement text. The ratio
 (library / raw) is then the library's own overhead.
 
-Runs are interleaved over several rounds, with a fresh table before each; library and raw run
-side by side in every round, taking turns to go first. Throughputs are the median of each
-series; ``ratio`` is the median of the rounds' library/raw ratios, so that load from elsewhere on
-a small machine hits both sides of a pair alike. The NOTIFY trigger's cost (the raw path into a
-table migrated with ``notify=False``) is printed beside, as information, not as a goal.
+Runs are interleaved over several rounds, with a fresh table before each; in every round each
+variant runs twice for half of ``--seconds``, in the mirrored order library, raw, no-trigger,
+no-trigger, raw, library. Throughputs are the median of each series; ``ratio`` is the median of
+the rounds' library/raw ratios, so that load from elsewhere on a small machine weighs on both
+sides of a pair alike. The NOTIFY trigger's cost (the raw path into a table migrated with
+``notify=False``) is printed beside, as information, not as a goal.
 
 Run from the repository root: ``.venv/bin/python bench/enqueue.py [--json]``.
 """
@@ -166,8 +167,11 @@ class Bench:
 
     # -- a timed run ------------------------------------------------------------------------
 
-    async def run(self, mode: str, variant: str, seconds: float, writers: int) -> float:
-        """Events per second of ``writers`` concurrent writers for about ``seconds``."""
+    async def run(
+        self, mode: str, variant: str, seconds: float, writers: int
+    ) -> tuple[int, float]:
+        """``(events, elapsed seconds)`` of ``writers`` concurrent writers for about ``seconds``,
+        into a fresh table."""
         name = self.schemas[variant]
         self.reset(name)
         work = self.work(mode, variant)
@@ -186,13 +190,13 @@ class Bench:
         stored = await self.counters[name].count_pending()
         if stored != written:
             raise SystemExit(f"{mode} {variant}: wrote {written} events but {stored} are stored")
-        return written / elapsed
+        return written, elapsed
 
 
-def _order(round_no: int) -> tuple[str, ...]:
-    """Library and raw always side by side (so each round's pair shares the machine's load),
-    taking turns to go first; the no-trigger run next to the raw one."""
-    return VARIANTS if round_no % 2 == 0 else VARIANTS[::-1]
+# Each round runs every variant twice, for half the time, in a mirrored order: a load that rises
+# or falls steadily during the round then weighs on every variant alike, and library and raw
+# (and raw and no-trigger) run back to back.
+ROUND_ORDER = VARIANTS + VARIANTS[::-1]
 
 
 def _rate(value: float) -> str:
@@ -218,9 +222,15 @@ async def measure(
                     await bench.run(mode, variant, min(0.5, seconds), writers)
             for round_no in range(rounds):
                 for mode in MODES:
+                    events = dict.fromkeys(VARIANTS, 0)
+                    elapsed = dict.fromkeys(VARIANTS, 0.0)
+                    for variant in ROUND_ORDER:
+                        done, took = await bench.run(mode, variant, seconds / 2, writers)
+                        events[variant] += done
+                        elapsed[variant] += took
                     figures = []
-                    for variant in _order(round_no):
-                        rate = await bench.run(mode, variant, seconds, writers)
+                    for variant in VARIANTS:
+                        rate = events[variant] / elapsed[variant]
                         results[mode][variant].append(rate)
                         figures.append(f"{variant} {_rate(rate)}")
                     log(f"  round {round_no + 1}/{rounds} {mode:>6}: " + ", ".join(figures))
@@ -260,7 +270,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--writers", type=int, default=8, help="concurrent writers (default 8)")
     parser.add_argument(
-        "--seconds", type=float, default=2.0, help="length of each timed run (default 2)"
+        "--seconds",
+        type=float,
+        default=2.0,
+        help="time per variant per round, as two halves (default 2)",
     )
     parser.add_argument(
         "--rounds", type=int, default=5, help="alternating rounds; medians are reported (default 5)"

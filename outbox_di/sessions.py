@@ -8,7 +8,8 @@ Supported sessions:
 
 * aiopg ``Connection`` or ``Cursor`` (inside an explicit ``BEGIN``: aiopg is always autocommit);
 * asyncpg ``Connection`` or pool connection (inside ``conn.transaction()``);
-* psycopg 3 ``AsyncConnection`` / ``AsyncCursor`` (and the sync twins, for ``enqueue_sync``);
+* psycopg 3 ``AsyncConnection`` / ``AsyncCursor`` (client-side or raw; and the sync twins, for
+  ``enqueue_sync``); server-side (named) cursors are refused, they only run a SELECT;
 * SQLAlchemy ``AsyncConnection`` / ``AsyncSession`` (and sync ``Connection`` / ``Session``);
 * Django's connection (``django.db.connection`` or ``connections[alias]``), sync, inside
   ``transaction.atomic()``;
@@ -25,8 +26,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from outbox_di import errors
-from outbox_di.schema import Query
+from outbox_di import errors, schema
 
 SUPPORTED_ASYNC = (
     "aiopg Connection/Cursor, asyncpg Connection (or pool connection), psycopg "
@@ -99,12 +99,32 @@ _BY_NAME: Mapping[tuple[str, str], Kind] = {
 }
 
 
+# Classes that derive from a supported one but cannot run an INSERT. They come before their
+# supported base in the MRO, so the walk meets them first.
+_REFUSED_BY_NAME: Mapping[tuple[str, str], str] = {
+    ("psycopg", "ServerCursorMixin"): (
+        "a psycopg server-side (named) cursor can only run one SELECT; pass its connection or a "
+        "client-side cursor"
+    ),
+}
+
+_RAW_CURSOR = ("psycopg", "RawCursorMixin")
+"""psycopg's raw cursors take ``$1`` placeholders and a sequence, never ``%(name)s``."""
+
+
+def _class_names(cls: type[Any]) -> list[tuple[str, str]]:
+    # (top-level package, class name) for every class of the MRO, most derived first.
+    return [(klass.__module__.partition(".")[0], klass.__name__) for klass in cls.__mro__]
+
+
 def _kind_of_class(cls: type[Any]) -> Kind | None:
     # Walk the MRO so subclasses (custom cursor classes, a project's Session subclass) match.
     # The exact class is the first entry, so the common case is one dictionary lookup.
-    for klass in cls.__mro__:
-        package = klass.__module__.partition(".")[0]
-        kind = _BY_NAME.get((package, klass.__name__))
+    for name in _class_names(cls):
+        refused = _REFUSED_BY_NAME.get(name)
+        if refused is not None:
+            raise errors.UnsupportedSessionError(refused)
+        kind = _BY_NAME.get(name)
         if kind is not None:
             return kind
     return None
@@ -153,6 +173,24 @@ def _check_psycopg3(connection: Any, kind: Kind) -> None:
         raise _not_in_transaction(kind, f"{how} or use a connection with autocommit=False")
 
 
+def _psycopg_statement(
+    cursor: Any, query: schema.Query, values: Mapping[str, object]
+) -> tuple[str, Any]:
+    # The statement and parameters in the style this psycopg 3 cursor takes.
+    if _RAW_CURSOR in _class_names(type(cursor)):
+        return query.numeric_sql, query.positional(values)
+    return query.sql, values
+
+
+def _check_psycopg2_cursor(cursor: Any, kind: Kind) -> None:
+    if cursor.name is not None:
+        raise errors.UnsupportedSessionError(
+            f"a named (server-side) {kind.value} can only run one SELECT; pass its connection "
+            "or an unnamed cursor"
+        )
+    _check_psycopg2(cursor.connection, kind)
+
+
 def _check_sqlalchemy(connection: Any, kind: Kind) -> None:
     # SQLAlchemy begins a transaction by itself on the first statement ("autobegin"), which the
     # caller commits or rolls back, except with isolation_level="AUTOCOMMIT" (on the engine or
@@ -168,7 +206,7 @@ def _check_sqlalchemy(connection: Any, kind: Kind) -> None:
         )
 
 
-async def execute(session: object, query: Query, values: Mapping[str, object]) -> int:
+async def execute(session: object, query: schema.Query, values: Mapping[str, object]) -> int:
     """Run ``query`` on ``session`` inside the caller's transaction (async sessions).
 
     Returns the number of rows the statement changed.
@@ -192,12 +230,13 @@ async def execute(session: object, query: Query, values: Mapping[str, object]) -
         return _rowcount_from_status(status)
     if kind is Kind.PSYCOPG_ASYNC_CONNECTION:
         _check_psycopg3(s, kind)
+        # The connection's cursor_factory decides the cursor class (possibly a raw cursor).
         async with s.cursor() as cursor:
-            await cursor.execute(query.sql, values)
+            await cursor.execute(*_psycopg_statement(cursor, query, values))
             return int(cursor.rowcount)
     if kind is Kind.PSYCOPG_ASYNC_CURSOR:
         _check_psycopg3(s.connection, kind)
-        await s.execute(query.sql, values)
+        await s.execute(*_psycopg_statement(s, query, values))
         return int(s.rowcount)
     if kind is Kind.SQLALCHEMY_ASYNC_CONNECTION:
         # An AsyncConnection that was never started has no sync_connection: its execute()
@@ -215,7 +254,7 @@ async def execute(session: object, query: Query, values: Mapping[str, object]) -
     )
 
 
-def execute_sync(session: object, query: Query, values: Mapping[str, object]) -> int:
+def execute_sync(session: object, query: schema.Query, values: Mapping[str, object]) -> int:
     """Run ``query`` on ``session`` inside the caller's transaction (sync sessions).
 
     Returns the number of rows the statement changed.
@@ -238,11 +277,11 @@ def execute_sync(session: object, query: Query, values: Mapping[str, object]) ->
     if kind is Kind.PSYCOPG_CONNECTION:
         _check_psycopg3(s, kind)
         with s.cursor() as cursor:
-            cursor.execute(query.sql, values)
+            cursor.execute(*_psycopg_statement(cursor, query, values))
             return int(cursor.rowcount)
     if kind is Kind.PSYCOPG_CURSOR:
         _check_psycopg3(s.connection, kind)
-        s.execute(query.sql, values)
+        s.execute(*_psycopg_statement(s, query, values))
         return int(s.rowcount)
     if kind is Kind.PSYCOPG2_CONNECTION:
         _check_psycopg2(s, kind)
@@ -250,7 +289,7 @@ def execute_sync(session: object, query: Query, values: Mapping[str, object]) ->
             cursor.execute(query.sql, values)
             return int(cursor.rowcount)
     if kind is Kind.PSYCOPG2_CURSOR:
-        _check_psycopg2(s.connection, kind)
+        _check_psycopg2_cursor(s, kind)
         s.execute(query.sql, values)
         return int(s.rowcount)
     if kind is Kind.SQLALCHEMY_CONNECTION:
@@ -280,7 +319,7 @@ def _sqlalchemy_rowcount(result: Any) -> int:
 
 
 @functools.lru_cache(maxsize=128)
-def _text(query: Query) -> Any:
+def _text(query: schema.Query) -> Any:
     # One TextClause per query, so SQLAlchemy's compiled cache hits on every later call.
     import sqlalchemy
 

@@ -177,6 +177,24 @@ async def _psycopg_async_cursor(dsn: str) -> AsyncIterator[Any]:
         yield cursor
 
 
+@contextlib.asynccontextmanager
+async def _psycopg_async_raw_cursor(dsn: str) -> AsyncIterator[Any]:
+    # Raw cursors take $1 placeholders, not %(name)s.
+    async with (
+        await psycopg.AsyncConnection.connect(dsn) as conn,
+        psycopg.AsyncRawCursor(conn) as cursor,
+    ):
+        yield cursor
+
+
+@contextlib.asynccontextmanager
+async def _psycopg_async_connection_raw_factory(dsn: str) -> AsyncIterator[Any]:
+    async with await psycopg.AsyncConnection.connect(
+        dsn, cursor_factory=psycopg.AsyncRawCursor
+    ) as conn:
+        yield conn
+
+
 def _sqlalchemy_async_connection(driver: str) -> AsyncOpener:
     @contextlib.asynccontextmanager
     async def opener(dsn: str) -> AsyncIterator[Any]:
@@ -217,6 +235,11 @@ ASYNC_OPENERS: dict[str, tuple[AsyncOpener, sessions.Kind]] = {
         sessions.Kind.PSYCOPG_ASYNC_CONNECTION,
     ),
     "psycopg-async-cursor": (_psycopg_async_cursor, sessions.Kind.PSYCOPG_ASYNC_CURSOR),
+    "psycopg-async-raw-cursor": (_psycopg_async_raw_cursor, sessions.Kind.PSYCOPG_ASYNC_CURSOR),
+    "psycopg-async-connection-raw-cursor-factory": (
+        _psycopg_async_connection_raw_factory,
+        sessions.Kind.PSYCOPG_ASYNC_CONNECTION,
+    ),
     "sqlalchemy-asyncpg-connection": (
         _sqlalchemy_async_connection("asyncpg"),
         sessions.Kind.SQLALCHEMY_ASYNC_CONNECTION,
@@ -248,6 +271,12 @@ def _psycopg_connection(dsn: str) -> Iterator[Any]:
 @contextlib.contextmanager
 def _psycopg_cursor(dsn: str) -> Iterator[Any]:
     with psycopg.connect(dsn) as conn, conn.cursor() as cursor:
+        yield cursor
+
+
+@contextlib.contextmanager
+def _psycopg_raw_cursor(dsn: str) -> Iterator[Any]:
+    with psycopg.connect(dsn) as conn, psycopg.RawCursor(conn) as cursor:
         yield cursor
 
 
@@ -315,6 +344,7 @@ def _django_connections_default(dsn: str) -> Iterator[Any]:
 SYNC_OPENERS: dict[str, tuple[SyncOpener, sessions.Kind]] = {
     "psycopg-connection": (_psycopg_connection, sessions.Kind.PSYCOPG_CONNECTION),
     "psycopg-cursor": (_psycopg_cursor, sessions.Kind.PSYCOPG_CURSOR),
+    "psycopg-raw-cursor": (_psycopg_raw_cursor, sessions.Kind.PSYCOPG_CURSOR),
     "psycopg2-connection": (_psycopg2_connection, sessions.Kind.PSYCOPG2_CONNECTION),
     "psycopg2-cursor": (_psycopg2_cursor, sessions.Kind.PSYCOPG2_CURSOR),
     "sqlalchemy-psycopg2-session": (_sqlalchemy_session, sessions.Kind.SQLALCHEMY_SESSION),
@@ -603,6 +633,18 @@ async def test_a_session_without_a_transaction_is_refused_and_writes_nothing(
             await outbox_repository.enqueue_many(session, [_message(1), _message(2)])
     assert await outbox_repository.count_pending() == 0
     assert await outbox_repository.get(message.event_id) is None
+
+
+async def test_a_psycopg_server_side_cursor_is_refused(
+    outbox_dsn: str, outbox_repository: repository.OutboxRepository
+) -> None:
+    async with (
+        await psycopg.AsyncConnection.connect(outbox_dsn) as conn,
+        conn.cursor(name="named") as cursor,
+    ):
+        with pytest.raises(errors.UnsupportedSessionError, match="server-side"):
+            await outbox_repository.enqueue(cursor, _message())
+    assert await outbox_repository.count_pending() == 0
 
 
 # -- inbox methods inside the caller's transaction --------------------------------------------
@@ -894,3 +936,21 @@ def test_a_django_database_that_is_not_postgresql_is_refused(
     repo = repository.OutboxRepository(None, outbox_schema)
     with pytest.raises(errors.UnsupportedSessionError, match="needs PostgreSQL"):
         repo.enqueue_sync(django_connections["sqlite"], _message())
+
+
+def test_sync_server_side_cursors_are_refused(outbox_dsn: str, outbox_schema: str) -> None:
+    repo = repository.OutboxRepository(None, outbox_schema)
+    message = _message()
+    with (
+        psycopg.connect(outbox_dsn) as conn,
+        conn.cursor(name="named") as cursor,
+        pytest.raises(errors.UnsupportedSessionError, match="server-side"),
+    ):
+        repo.enqueue_sync(cursor, message)
+    with (
+        _psycopg2_connection(outbox_dsn) as conn2,
+        conn2.cursor(name="named") as cursor2,
+        pytest.raises(errors.UnsupportedSessionError, match="server-side"),
+    ):
+        repo.enqueue_sync(cursor2, message)
+    _check_nothing([message], *_read_sync(outbox_dsn, outbox_schema, [message]))

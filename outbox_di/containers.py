@@ -1,0 +1,149 @@
+"""``OutboxContainer``: the library wired with dependency-injector.
+
+```python
+container = OutboxContainer(config=settings.outbox)      # a dynaconf section or a dict
+container.wire(modules=[__name__])
+
+@inject
+async def create_item(outbox: Outbox = Provide[OutboxContainer.outbox]) -> None: ...
+```
+
+Construction validates the configuration (every problem at once, with key paths) and raises
+:class:`~outbox_di.errors.ConfigError`. Long-lived things are ``Resource`` providers built from
+async context managers, created inside the running event loop and closed by
+``shutdown_resources()``. Two kinds of process share one container class: a web process starts
+only the pool (``await start(container, workers=False)``), a worker process also starts the
+publisher task (``await start(container)``, or ``outbox-di worker``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from dependency_injector import containers, providers
+from opentelemetry.metrics import Meter
+
+from outbox_di import config as config_module
+from outbox_di import database, errors, observability, outbox, repository
+from outbox_di.publishing import base, pubsub, task
+
+
+class WorkerResource(providers.Resource):  # type: ignore[misc]
+    """A resource that runs background work; web processes leave these uninitialized."""
+
+
+def build_settings(raw: Any) -> config_module.OutboxConfig:
+    """The validated configuration from the container's ``config`` provider value."""
+    if isinstance(raw, config_module.OutboxConfig):
+        return raw
+    return config_module.OutboxConfig.from_mapping(raw or {})
+
+
+@contextlib.asynccontextmanager
+async def pool_resource(settings: config_module.OutboxConfig) -> AsyncIterator[Any]:
+    """The aiopg pool of the library (claims, marks, and enqueue without a session)."""
+    async with database.open_pool(
+        settings.dsn,
+        min_size=settings.pool.min_size,
+        max_size=settings.pool.max_size,
+        connect_timeout=settings.pool.connect_timeout,
+    ) as pool:
+        yield pool
+
+
+@contextlib.asynccontextmanager
+async def publisher_resource(settings: config_module.OutboxConfig) -> AsyncIterator[base.Publisher]:
+    """The Pub/Sub publisher, its client created in the running loop; topics checked at start."""
+    publisher = pubsub.PubSubPublisher(settings)
+    await publisher.start()
+    try:
+        yield publisher
+    finally:
+        await publisher.close()
+
+
+@contextlib.asynccontextmanager
+async def publisher_task_resource(
+    settings: config_module.OutboxConfig,
+    outbox_repository: repository.OutboxRepository,
+    publisher: base.Publisher,
+    logger: logging.Logger,
+    meter: Meter,
+) -> AsyncIterator[task.PublisherTask | None]:
+    """The relay loops; ``None`` when ``publisher.enabled`` is false. Drains on shutdown."""
+    if not settings.publisher.enabled:
+        yield None
+        return
+    publisher_task = task.PublisherTask(settings, outbox_repository, publisher, logger, meter)
+    await publisher_task.start()
+    try:
+        yield publisher_task
+    finally:
+        await publisher_task.stop()
+
+
+class _OutboxContainerMeta(containers.DeclarativeContainerMetaClass):  # type: ignore[misc]
+    # dependency-injector returns a DynamicContainer from OutboxContainer(...): make
+    # isinstance(container, OutboxContainer) true for it all the same.
+    def __instancecheck__(cls, instance: object) -> bool:
+        parent = getattr(instance, "declarative_parent", None)
+        if isinstance(parent, type) and issubclass(parent, cls):
+            return True
+        return type.__instancecheck__(cls, instance)
+
+
+class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContainerMeta):  # type: ignore[misc]
+    """Providers for the pool, repositories, publisher, publisher task, meter, logger and the
+    ``outbox`` enqueue facade (DESIGN §9 names)."""
+
+    config = providers.Configuration(strict=True)
+    settings = providers.Singleton(build_settings, config)
+
+    logger = providers.Object(observability.logger)
+    meter = providers.Singleton(observability.get_meter)
+
+    pool = providers.Resource(pool_resource, settings)
+
+    outbox_repository = providers.Singleton(
+        repository.OutboxRepository,
+        pool,
+        settings.provided.schema,
+        ordering=settings.provided.publisher.ordering,
+    )
+    inbox_repository = providers.Singleton(
+        repository.InboxRepository, pool, settings.provided.schema
+    )
+
+    publisher = providers.Resource(publisher_resource, settings)
+    publisher_task = WorkerResource(
+        publisher_task_resource, settings, outbox_repository, publisher, logger, meter
+    )
+
+    outbox = providers.Singleton(outbox.Outbox, outbox_repository, pool)
+
+    def __new__(cls, **overriding: Any) -> Any:
+        container = super().__new__(cls, **overriding)
+        if "config" in overriding:
+            try:
+                container.settings()
+            except errors.ConfigError:
+                raise
+            except Exception as exc:  # a dynaconf object that cannot be read, say
+                raise errors.ConfigError([f"<root>: cannot read the configuration: {exc}"]) from exc
+        return container
+
+
+async def start(container: Any, *, workers: bool | None = None) -> None:
+    """Initialize the container's resources for this process.
+
+    The pool always; with ``workers`` (default: the ``run_workers`` setting) also the
+    publisher task. Stop with ``await container.shutdown_resources()``.
+    """
+    settings: config_module.OutboxConfig = container.settings()
+    await container.pool.init()
+    run_workers = settings.run_workers if workers is None else workers
+    if run_workers:
+        await container.init_resources(resource_type=WorkerResource)
