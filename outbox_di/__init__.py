@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from outbox_di.config import OutboxConfig
+from outbox_di.containers import OutboxContainer
 from outbox_di.errors import (
     ConfigError,
     DatabaseError,
@@ -20,29 +22,43 @@ from outbox_di.models import (
     OutboxStatus,
     ReceivedMessage,
 )
+from outbox_di.outbox import Outbox
+from outbox_di.publishing.base import InMemoryPublisher, Publisher, PublishOutcome
+from outbox_di.publishing.pubsub import PubSubPublisher
+from outbox_di.publishing.task import PublisherTask
 from outbox_di.repository import InboxRepository, OutboxRepository
 from outbox_di.schema import render_ddl, validate_schema_name
+from outbox_di.settings import load_settings
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
     "DatabaseError",
+    "InMemoryPublisher",
     "InboxEvent",
     "InboxRepository",
     "InboxStatus",
     "Message",
     "MessageError",
     "NotInTransactionError",
+    "Outbox",
+    "OutboxConfig",
+    "OutboxContainer",
     "OutboxError",
     "OutboxEvent",
     "OutboxRepository",
     "OutboxStatus",
+    "PubSubPublisher",
+    "PublishOutcome",
+    "Publisher",
+    "PublisherTask",
     "ReceivedMessage",
     "SchemaDriftError",
     "SchemaNameError",
     "UnsupportedSessionError",
     "__version__",
+    "load_settings",
     "render_ddl",
     "validate_schema_name",
 ]

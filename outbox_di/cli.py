@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="machine-readable output")
 
     commands.add_parser("demo", help="a short end-to-end run on an embedded or local PostgreSQL")
+
+    worker = commands.add_parser(
+        "worker",
+        help="run the workers (publisher task) alone, until SIGINT or SIGTERM",
+        description="Reads the [outbox] table of settings.toml and OUTBOX_* variables.",
+    )
+    worker.add_argument(
+        "--settings",
+        action="append",
+        metavar="FILE",
+        help="a settings file with an [outbox] table (repeatable; default settings.toml)",
+    )
     return parser
 
 
@@ -182,7 +194,19 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main()
 
 
-_COMMANDS = {"render-ddl": _render, "migrate": _migrate, "check": _check, "demo": _demo}
+def _worker(args: argparse.Namespace) -> int:
+    from outbox_di import worker
+
+    return worker.run(args.settings)
+
+
+_COMMANDS = {
+    "render-ddl": _render,
+    "migrate": _migrate,
+    "check": _check,
+    "demo": _demo,
+    "worker": _worker,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

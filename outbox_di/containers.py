@@ -31,7 +31,7 @@ from outbox_di import database, errors, observability, outbox, repository
 from outbox_di.publishing import base, pubsub, task
 
 
-class WorkerResource(providers.Resource):  # type: ignore[misc]
+class WorkerResource(providers.Resource[Any]):
     """A resource that runs background work; web processes leave these uninitialized."""
 
 
@@ -85,7 +85,10 @@ async def publisher_task_resource(
         await publisher_task.stop()
 
 
-class _OutboxContainerMeta(containers.DeclarativeContainerMetaClass):  # type: ignore[misc]
+_DeclarativeMeta: Any = type(containers.DeclarativeContainer)
+
+
+class _OutboxContainerMeta(_DeclarativeMeta):  # type: ignore[misc]
     # dependency-injector returns a DynamicContainer from OutboxContainer(...): make
     # isinstance(container, OutboxContainer) true for it all the same.
     def __instancecheck__(cls, instance: object) -> bool:
@@ -95,7 +98,7 @@ class _OutboxContainerMeta(containers.DeclarativeContainerMetaClass):  # type: i
         return type.__instancecheck__(cls, instance)
 
 
-class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContainerMeta):  # type: ignore[misc]
+class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContainerMeta):
     """Providers for the pool, repositories, publisher, publisher task, meter, logger and the
     ``outbox`` enqueue facade (DESIGN §9 names)."""
 

@@ -24,7 +24,9 @@ class ConfigError(OutboxError, ValueError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems: tuple[str, ...] = tuple(problems)
         listing = "\n".join(f"  - {problem}" for problem in self.problems)
-        super().__init__(f"invalid outbox configuration ({len(self.problems)} problem(s)):\n{listing}")
+        super().__init__(
+            f"invalid outbox configuration ({len(self.problems)} problem(s)):\n{listing}"
+        )
 
 
 class UnsupportedSessionError(OutboxError, TypeError):

@@ -44,7 +44,9 @@ class Outbox:
         """For synchronous sessions (Django inside ``transaction.atomic()``, psycopg, ...)."""
         return self.repository.enqueue_sync(session, message)
 
-    def enqueue_many_sync(self, session: object, messages: Iterable[models.Message]) -> list[uuid.UUID]:
+    def enqueue_many_sync(
+        self, session: object, messages: Iterable[models.Message]
+    ) -> list[uuid.UUID]:
         """``enqueue_many`` for synchronous sessions."""
         return self.repository.enqueue_many_sync(session, messages)
 

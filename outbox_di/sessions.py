@@ -194,9 +194,10 @@ def _check_psycopg2_cursor(cursor: Any, kind: Kind) -> None:
 def _check_sqlalchemy(connection: Any, kind: Kind) -> None:
     # SQLAlchemy begins a transaction by itself on the first statement ("autobegin"), which the
     # caller commits or rolls back, except with isolation_level="AUTOCOMMIT" (on the engine or
-    # the connection): then the DBAPI connection commits every statement on its own. Every
-    # PostgreSQL DBAPI (and SQLAlchemy's asyncpg/psycopg async adapters) exposes that state as
-    # ``autocommit``, however it was set.
+    # the connection): then the DBAPI connection commits every statement on its own, even
+    # inside begin(). psycopg2, psycopg and SQLAlchemy's asyncpg and psycopg async adapters all
+    # expose that state as ``autocommit``, however it was set; a DBAPI without the attribute is
+    # trusted.
     dbapi_connection = connection.connection.dbapi_connection
     if getattr(dbapi_connection, "autocommit", False):
         raise _not_in_transaction(

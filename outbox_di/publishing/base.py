@@ -54,7 +54,9 @@ class InMemoryPublisher:
         self._delay = 0.0
         self._permanent = False
 
-    def fail_next(self, count: int, error: str = "injected failure", *, permanent: bool = False) -> None:
+    def fail_next(
+        self, count: int, error: str = "injected failure", *, permanent: bool = False
+    ) -> None:
         """The next ``count`` events fail with ``error``."""
         self._fail_next = count
         self._error = error

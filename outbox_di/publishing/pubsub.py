@@ -225,9 +225,7 @@ class PubSubPublisher:
             )
             by_topic.setdefault(topic, []).append((index, message, _size(event, attributes)))
 
-        requests = [
-            (topic, chunk) for topic, items in by_topic.items() for chunk in _chunks(items)
-        ]
+        requests = [(topic, chunk) for topic, items in by_topic.items() for chunk in _chunks(items)]
         if self.ordering:
             # Ordered keys must reach the service in order: one request at a time.
             for topic, chunk in requests:

@@ -348,7 +348,9 @@ class PublisherTask:
                 delay = backoff.retry_delay(
                     failures, initial=0.5, maximum=_MAX_OUTAGE_BACKOFF, multiplier=2.0, jitter=0.2
                 )
-                self.logger.warning("outbox LISTEN connection lost (%s); retrying in %.1fs", exc, delay)
+                self.logger.warning(
+                    "outbox LISTEN connection lost (%s); retrying in %.1fs", exc, delay
+                )
                 await self._sleep(delay)
 
     async def _report_backlog(self) -> None:

@@ -70,9 +70,7 @@ def test_container_from_dict_and_from_dynaconf_section(
     assert from_loader.settings() == resolved
 
 
-async def test_wire_and_provide_the_outbox_facade(
-    outbox_schema: str, outbox_dsn: str
-) -> None:
+async def test_wire_and_provide_the_outbox_facade(outbox_schema: str, outbox_dsn: str) -> None:
     container = OutboxContainer(config=_mapping(outbox_schema, outbox_dsn))
     container.wire(modules=[sys.modules[__name__]])
     try:

@@ -31,7 +31,9 @@ def _config(schema: str, dsn: str, **publisher: Any) -> config.OutboxConfig:
     return config.OutboxConfig.from_mapping({"schema": schema, "dsn": dsn, "publisher": settings})
 
 
-async def _enqueue(pool: Any, repo: repository.OutboxRepository, count: int, key: str = "a") -> list[uuid.UUID]:
+async def _enqueue(
+    pool: Any, repo: repository.OutboxRepository, count: int, key: str = "a"
+) -> list[uuid.UUID]:
     messages = [
         models.Message("item", f"{key}-{n}", "item.created", {"n": n}) for n in range(count)
     ]

@@ -475,5 +475,5 @@ async def test_ordered_claim_takes_only_the_head_of_each_key(
     token3, [head] = await _claim(repo, now=retry_at + SECOND)
     assert head.event_id == a[0].event_id
     assert await repo.mark_dead(head.event_id, token3, "gave up") == 1
-    token4, [nxt] = await _claim(repo, now=retry_at + SECOND)
+    _, [nxt] = await _claim(repo, now=retry_at + SECOND)
     assert nxt.event_id == a[1].event_id

@@ -613,9 +613,7 @@ NO_TRANSACTION_ASYNC: dict[str, AsyncOpener] = {
     "sqlalchemy-asyncpg-autocommit-connection": _sqlalchemy_async_autocommit(
         "asyncpg", session=False
     ),
-    "sqlalchemy-psycopg-autocommit-session": _sqlalchemy_async_autocommit(
-        "psycopg", session=True
-    ),
+    "sqlalchemy-psycopg-autocommit-session": _sqlalchemy_async_autocommit("psycopg", session=True),
 }
 
 
@@ -679,9 +677,7 @@ async def test_inbox_record_received_joins_the_session_transaction(
     async with opener(outbox_dsn) as session:
         assert await inbox_repository.record_received("svc", _received("e1"), session=session)
         # Same transaction, same event: the duplicate is seen and not recorded again.
-        assert not await inbox_repository.record_received(
-            "svc", _received("e1"), session=session
-        )
+        assert not await inbox_repository.record_received("svc", _received("e1"), session=session)
     stored = await inbox_repository.get("svc", "e1")
     assert stored is not None
     assert stored.message_id == "m-e1"
@@ -690,9 +686,7 @@ async def test_inbox_record_received_joins_the_session_transaction(
     assert await inbox_repository.count_pending("svc") == 1
     # Committed before: a later session sees the duplicate too.
     async with opener(outbox_dsn) as session:
-        assert not await inbox_repository.record_received(
-            "svc", _received("e1"), session=session
-        )
+        assert not await inbox_repository.record_received("svc", _received("e1"), session=session)
 
 
 @async_openers
@@ -720,13 +714,12 @@ async def test_inbox_mark_processed_joins_the_session_transaction(
     assert e1 is not None and e1.status is models.InboxStatus.PENDING
 
     async with opener(outbox_dsn) as session:
+        ids = ["e1", "e2"]
         stranger = uuid.uuid4()
-        assert await inbox_repository.mark_processed(
-            "svc", ["e1", "e2"], stranger, now, session=session
-        ) == 0
-        assert await inbox_repository.mark_processed(
-            "svc", ["e1", "e2"], token, now, session=session
-        ) == 2
+        assert (
+            await inbox_repository.mark_processed("svc", ids, stranger, now, session=session) == 0
+        )
+        assert await inbox_repository.mark_processed("svc", ids, token, now, session=session) == 2
     assert await inbox_repository.count_pending("svc") == 0
     e1 = await inbox_repository.get("svc", "e1")
     assert e1 is not None and e1.status is models.InboxStatus.PROCESSED
