@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from outbox_di.config import OutboxConfig
 from outbox_di.containers import OutboxContainer
 from outbox_di.errors import (
@@ -28,9 +30,19 @@ from outbox_di.publishing.pubsub import PubSubPublisher
 from outbox_di.publishing.task import PublisherTask
 from outbox_di.repository import InboxRepository, OutboxRepository
 from outbox_di.schema import render_ddl, validate_schema_name
-from outbox_di.settings import load_settings
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # dynaconf imports Django's settings machinery whenever Django is installed: load it only
+    # for the services that read their settings through it.
+    if name == "load_settings":
+        from outbox_di.settings import load_settings
+
+        return load_settings
+    raise AttributeError(f"module 'outbox_di' has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigError",
