@@ -136,23 +136,34 @@ class Bench:
 
         async def work() -> int:
             async with self.pool.acquire() as conn, conn.cursor() as cursor, cursor.begin():
+                # Every column built per event, as for events of several kinds.
                 event_ids: list[str] = []
+                aggregate_types: list[str] = []
                 aggregate_ids: list[str] = []
+                event_types: list[str] = []
                 payloads: list[bytes] = []
+                headers: list[str] = []
+                ordering_keys: list[str | None] = []
+                available_ats: list[None] = []
                 for _ in range(BATCH):
                     n = next(self._ids)
                     event_ids.append(str(uuid.uuid4()))
+                    aggregate_types.append("order")
                     aggregate_ids.append(f"order-{n}")
+                    event_types.append("order.created")
                     payloads.append(_raw_dumps(_payload(n)).encode())
+                    headers.append("{}")
+                    ordering_keys.append(None)
+                    available_ats.append(None)
                 values = {
                     "event_ids": event_ids,
-                    "aggregate_types": ["order"] * BATCH,
+                    "aggregate_types": aggregate_types,
                     "aggregate_ids": aggregate_ids,
-                    "event_types": ["order.created"] * BATCH,
+                    "event_types": event_types,
                     "payloads": payloads,
-                    "headers": ["{}"] * BATCH,
-                    "ordering_keys": [None] * BATCH,
-                    "available_ats": [None] * BATCH,
+                    "headers": headers,
+                    "ordering_keys": ordering_keys,
+                    "available_ats": available_ats,
                 }
                 await cursor.execute(sql, values)
             return BATCH

@@ -298,9 +298,7 @@ class InProcessEmulator:
                     pubsub.ListTopicSubscriptionsRequest,
                     pubsub.ListTopicSubscriptionsResponse,
                 ),
-                "DeleteTopic": self._unary(
-                    self._delete_topic, pubsub.DeleteTopicRequest, _Empty
-                ),
+                "DeleteTopic": self._unary(self._delete_topic, pubsub.DeleteTopicRequest, _Empty),
             },
         )
 
@@ -323,9 +321,7 @@ class InProcessEmulator:
                     self._delete_subscription, pubsub.DeleteSubscriptionRequest, _Empty
                 ),
                 "Pull": self._unary(self._pull, pubsub.PullRequest, pubsub.PullResponse),
-                "Acknowledge": self._unary(
-                    self._acknowledge, pubsub.AcknowledgeRequest, _Empty
-                ),
+                "Acknowledge": self._unary(self._acknowledge, pubsub.AcknowledgeRequest, _Empty),
                 "ModifyAckDeadline": self._unary(
                     self._modify_ack_deadline, pubsub.ModifyAckDeadlineRequest, _Empty
                 ),
@@ -348,11 +344,11 @@ class InProcessEmulator:
             topic.CopyFrom(request)
             self._topics[topic.name] = topic
             self._topic_subscriptions[topic.name] = set()
-            return topic
+            return _copy(topic)
 
     def _get_topic(self, request: Any, context: Any) -> Any:
         with self._cond:
-            return self._topic_locked(request.topic)
+            return _copy(self._topic_locked(request.topic))
 
     def _update_topic(self, request: Any, context: Any) -> Any:
         paths = list(request.update_mask.paths)
@@ -364,7 +360,7 @@ class InProcessEmulator:
             )
         fields = _Topic.DESCRIPTOR.fields_by_name
         for path in paths:
-            if path == "name" or path not in fields:
+            if path == "name" or path.split(".")[0] not in fields:
                 raise _Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"Invalid update_mask provided in the UpdateTopicRequest: {path} is not a "
@@ -374,17 +370,10 @@ class InProcessEmulator:
             if request.topic.name not in self._topics:
                 raise _Abort(grpc.StatusCode.NOT_FOUND, "Topic not found.")
             topic = self._topics[request.topic.name]
-            for path in paths:
-                topic.ClearField(path)
-                field = fields[path]
-                if field.label == field.LABEL_REPEATED:
-                    getattr(topic, path).MergeFrom(getattr(request.topic, path))
-                elif field.message_type is not None:
-                    if request.topic.HasField(path):
-                        getattr(topic, path).CopyFrom(getattr(request.topic, path))
-                else:
-                    setattr(topic, path, getattr(request.topic, path))
-            return topic
+            request.update_mask.MergeMessage(
+                request.topic, topic, replace_message_field=True, replace_repeated_field=True
+            )
+            return _copy(topic)
 
     def _list_topics(self, request: Any, context: Any) -> Any:
         prefix = f"{request.project}/topics/"
@@ -399,9 +388,7 @@ class InProcessEmulator:
         with self._cond:
             names = sorted(self._topic_subscriptions.get(request.topic, ()))
         page, token = _page(names, request.page_size, request.page_token)
-        return pubsub.ListTopicSubscriptionsResponse.pb()(
-            subscriptions=page, next_page_token=token
-        )
+        return pubsub.ListTopicSubscriptionsResponse.pb()(subscriptions=page, next_page_token=token)
 
     def _delete_topic(self, request: Any, context: Any) -> Any:
         with self._cond:
@@ -492,11 +479,11 @@ class InProcessEmulator:
                 raise _Abort(grpc.StatusCode.ALREADY_EXISTS, "Subscription already exists")
             self._subscriptions[request.name] = _SubscriptionState(subscription)
             self._topic_subscriptions[request.topic].add(request.name)
-            return subscription
+            return _copy(subscription)
 
     def _get_subscription(self, request: Any, context: Any) -> Any:
         with self._cond:
-            return self._subscription_locked(request.subscription).pb
+            return _copy(self._subscription_locked(request.subscription).pb)
 
     def _list_subscriptions(self, request: Any, context: Any) -> Any:
         prefix = f"{request.project}/subscriptions/"
@@ -577,6 +564,7 @@ class InProcessEmulator:
             stream = self._open_stream(first)
         except _Abort as abort:
             context.abort(abort.code, abort.details)
+            return
         reader = threading.Thread(
             target=self._read_stream,
             args=(request_iterator, stream),
@@ -855,6 +843,7 @@ class InProcessEmulator:
     ) -> list[_Entry | None]:
         """The outstanding entry of each ack id (None for a stale one, which is ignored, as by
         Google's emulator); a malformed id or one of another subscription is INVALID_ARGUMENT."""
+        self._expire_locked(subscription, time.monotonic())
         resolved: list[_Entry | None] = []
         for ack_id in ack_ids:
             owner, _, number = ack_id.rpartition(":")
@@ -879,9 +868,7 @@ class InProcessEmulator:
                 self._acked_count += 1
         self._cond.notify_all()
 
-    def _modify_locked(
-        self, subscription: _SubscriptionState, ack_ids: Any, seconds: Any
-    ) -> None:
+    def _modify_locked(self, subscription: _SubscriptionState, ack_ids: Any, seconds: Any) -> None:
         if any(value < 0 for value in seconds):
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "Ack deadline cannot be negative")
         entries = self._resolve_ack_ids_locked(subscription, ack_ids)
@@ -920,6 +907,12 @@ class _Empty:
     @staticmethod
     def serialize(message: Any) -> bytes:
         return bytes(message.SerializeToString())
+
+
+def _copy(message: Any) -> Any:
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
 
 
 def _check_name(name: str, collection: str) -> None:
