@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import itertools
 import json
 import platform
@@ -178,11 +179,8 @@ class Bench:
 
     # -- a timed run ------------------------------------------------------------------------
 
-    async def run(
-        self, mode: str, variant: str, seconds: float, writers: int
-    ) -> tuple[int, float]:
-        """``(events, elapsed seconds)`` of ``writers`` concurrent writers for about ``seconds``,
-        into a fresh table."""
+    async def run(self, mode: str, variant: str, seconds: float, writers: int) -> Sample:
+        """``writers`` concurrent writers for about ``seconds``, into a fresh table."""
         name = self.schemas[variant]
         self.reset(name)
         work = self.work(mode, variant)
@@ -194,20 +192,48 @@ class Bench:
                 done += await work()
             return done
 
+        cpu = time.process_time()
         start = time.perf_counter()
         counts = await asyncio.gather(*(writer() for _ in range(writers)))
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
         written = sum(counts)
         stored = await self.counters[name].count_pending()
         if stored != written:
             raise SystemExit(f"{mode} {variant}: wrote {written} events but {stored} are stored")
-        return written, elapsed
+        return Sample(written, elapsed, cpu)
+
+
+@dataclasses.dataclass
+class Sample:
+    """What one or more timed runs did: events written, wall time, this process's CPU time."""
+
+    events: int = 0
+    elapsed: float = 0.0
+    cpu: float = 0.0
+
+    def add(self, other: Sample) -> None:
+        self.events += other.events
+        self.elapsed += other.elapsed
+        self.cpu += other.cpu
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.elapsed
+
+    @property
+    def cpu_us(self) -> float:
+        """Client CPU (this process: building, encoding, the driver) per event, in µs."""
+        return self.cpu / self.events * 1e6
 
 
 # Each round runs every variant twice, for half the time, in a mirrored order: a load that rises
 # or falls steadily during the round then weighs on every variant alike, and library and raw
 # (and raw and no-trigger) run back to back.
 ROUND_ORDER = VARIANTS + VARIANTS[::-1]
+
+Results = dict[str, dict[str, list[Sample]]]
+"""mode -> variant -> one sample per round."""
 
 
 def _rate(value: float) -> str:
@@ -216,12 +242,10 @@ def _rate(value: float) -> str:
 
 async def measure(
     dsn: str, writers: int, seconds: float, rounds: int, log: Callable[[str], None]
-) -> dict[str, dict[str, list[float]]]:
+) -> Results:
     suffix = secrets.token_hex(4)
     with_notify, without_notify = f"bench_enqueue_{suffix}", f"bench_enqueue_{suffix}_nonotify"
-    results: dict[str, dict[str, list[float]]] = {
-        mode: {variant: [] for variant in VARIANTS} for mode in MODES
-    }
+    results: Results = {mode: {variant: [] for variant in VARIANTS} for mode in MODES}
     async with database.open_pool(
         dsn, min_size=writers, max_size=writers, application_name="outbox_di_bench"
     ) as pool:
@@ -233,33 +257,40 @@ async def measure(
                     await bench.run(mode, variant, min(0.5, seconds), writers)
             for round_no in range(rounds):
                 for mode in MODES:
-                    events = dict.fromkeys(VARIANTS, 0)
-                    elapsed = dict.fromkeys(VARIANTS, 0.0)
+                    samples = {variant: Sample() for variant in VARIANTS}
                     for variant in ROUND_ORDER:
-                        done, took = await bench.run(mode, variant, seconds / 2, writers)
-                        events[variant] += done
-                        elapsed[variant] += took
-                    figures = []
-                    for variant in VARIANTS:
-                        rate = events[variant] / elapsed[variant]
-                        results[mode][variant].append(rate)
-                        figures.append(f"{variant} {_rate(rate)}")
-                    log(f"  round {round_no + 1}/{rounds} {mode:>6}: " + ", ".join(figures))
+                        samples[variant].add(await bench.run(mode, variant, seconds / 2, writers))
+                    for variant, sample in samples.items():
+                        results[mode][variant].append(sample)
+                    log(
+                        f"  round {round_no + 1}/{rounds} {mode:>6}: "
+                        + ", ".join(
+                            f"{variant} {_rate(sample.rate)} ({sample.cpu_us:.1f} µs CPU/ev)"
+                            for variant, sample in samples.items()
+                        )
+                    )
         finally:
             bench.drop_all()
     return results
 
 
-def summarize(results: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+def summarize(results: Results) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for mode, series in results.items():
-        medians = {variant: statistics.median(values) for variant, values in series.items()}
+        rates = {
+            variant: [sample.rate for sample in samples] for variant, samples in series.items()
+        }
+        cpu = {
+            variant: statistics.median(sample.cpu_us for sample in samples)
+            for variant, samples in series.items()
+        }
+        medians = {variant: statistics.median(values) for variant, values in rates.items()}
         # Ratios are taken within each round (adjacent runs, same load), then the median.
         ratio = statistics.median(
-            library / raw for library, raw in zip(series[LIBRARY], series[RAW], strict=True)
+            library / raw for library, raw in zip(rates[LIBRARY], rates[RAW], strict=True)
         )
         notify_cost = statistics.median(
-            raw / bare for raw, bare in zip(series[RAW], series[RAW_NO_NOTIFY], strict=True)
+            raw / bare for raw, bare in zip(rates[RAW], rates[RAW_NO_NOTIFY], strict=True)
         )
         summary[mode] = {
             "library_ev_s": round(medians[LIBRARY], 1),
@@ -270,8 +301,9 @@ def summarize(results: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
             "goal": GOAL,
             "goal_met": ratio >= GOAL,
             "notify_trigger_cost": round(notify_cost, 3),
-            "rounds": {
-                variant: [round(value, 1) for value in values] for variant, values in series.items()
+            "client_cpu_us_per_event": {variant: round(value, 2) for variant, value in cpu.items()},
+            "rounds_ev_s": {
+                variant: [round(value, 1) for value in values] for variant, values in rates.items()
             },
         }
     return summary
@@ -287,7 +319,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time per variant per round, as two halves (default 2)",
     )
     parser.add_argument(
-        "--rounds", type=int, default=5, help="alternating rounds; medians are reported (default 5)"
+        "--rounds", type=int, default=5, help="interleaved rounds; medians are reported (default 5)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args(argv)
@@ -309,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         log(
             f"enqueue benchmark: PostgreSQL {pg_version} ({server.source}), Python "
             f"{platform.python_version()}, {args.writers} writers, {args.rounds} rounds of "
-            f"{args.seconds:g} s per series"
+            f"{args.seconds:g} s per variant"
         )
         results = asyncio.run(measure(server.dsn, args.writers, args.seconds, args.rounds, log))
     summary = summarize(results)
@@ -339,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
             f"notify trigger cost {mode + ':':<7} {figures['notify_trigger_cost']:.2f}x of "
             f"no-trigger throughput (raw {_rate(figures['raw_ev_s'])} with the trigger, "
             f"{_rate(figures['raw_no_notify_ev_s'])} without)"
+        )
+    for mode, figures in summary.items():
+        cpu = figures["client_cpu_us_per_event"]
+        print(
+            f"client CPU per event {mode + ':':<7} library {cpu[LIBRARY]:.1f} µs, "
+            f"raw {cpu[RAW]:.1f} µs (this process: building rows, encoding, driver, event loop)"
         )
     return 0
 

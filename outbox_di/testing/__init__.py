@@ -6,7 +6,10 @@ Fixtures:
 * ``outbox_dsn`` (session): its DSN;
 * ``outbox_schema`` (function): a fresh schema with the DDL applied, dropped afterwards;
 * ``outbox_pool`` (function, async): an aiopg pool on ``outbox_dsn``;
-* ``outbox_repository`` / ``inbox_repository`` (function): repositories on that pool and schema.
+* ``outbox_repository`` / ``inbox_repository`` (function): repositories on that pool and schema;
+* ``pubsub_emulator`` (session, parametrized): a Pub/Sub emulator endpoint, once per available
+  emulator (``PUBSUB_EMULATOR_HOST``; else Google's emulator and the in-process one);
+  ``pubsub_google_emulator`` / ``pubsub_inprocess_emulator`` for one specifically.
 
 Session fixtures are synchronous and yield plain values; pools are created per test, inside the
 test's own event loop.
@@ -22,6 +25,11 @@ import pytest
 
 from outbox_di import database, repository, schema
 from outbox_di.testing import postgres
+from outbox_di.testing.pubsub import (
+    pubsub_emulator,
+    pubsub_google_emulator,
+    pubsub_inprocess_emulator,
+)
 
 __all__ = [
     "inbox_repository",
@@ -30,6 +38,9 @@ __all__ = [
     "outbox_postgres",
     "outbox_repository",
     "outbox_schema",
+    "pubsub_emulator",
+    "pubsub_google_emulator",
+    "pubsub_inprocess_emulator",
 ]
 
 

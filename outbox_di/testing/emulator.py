@@ -50,9 +50,10 @@ MAX_MESSAGES_PER_PUBLISH = 1000
 MAX_PUBLISH_REQUEST_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 5
 # An empty long-polling Pull answers this long before the caller's deadline (Google's emulator:
-# timeout 3 s -> 2.06 s, 8 s -> 7.03 s, 30 s -> 29.1 s), and waits at most this long without one.
+# timeout 3 s -> 2.06 s, 8 s -> 7.03 s, 30 s -> 29.1 s), and waits at most this long (Google's
+# emulator answered a pull without a deadline after 89 s).
 _PULL_DEADLINE_MARGIN = 1.0
-_PULL_MAX_WAIT = 60.0
+_PULL_MAX_WAIT = 89.0
 # Waiters re-check their RPC and the clock at least this often, whatever else happens.
 _MAX_WAIT_SLICE = 0.5
 _MAX_MESSAGES_PER_RESPONSE = 1000
@@ -198,7 +199,9 @@ class InProcessEmulator:
             self._stopping.set()
             self._cond.notify_all()
         self._server.stop(grace=min(1.0, timeout)).wait(timeout)
-        for reader in list(self._readers):
+        with self._cond:
+            readers = list(self._readers)
+        for reader in readers:
             reader.join(timeout)
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
@@ -396,7 +399,7 @@ class InProcessEmulator:
             del self._topics[request.topic]
             for name in self._topic_subscriptions.pop(request.topic):
                 self._subscriptions[name].pb.topic = _DELETED_TOPIC
-            return _Empty.pb()()
+            return None
 
     def _publish(self, request: Any, context: Any) -> Any:
         with self._cond:
@@ -506,7 +509,7 @@ class InProcessEmulator:
                 if stream.subscription is subscription:
                     stream.error = _Abort(grpc.StatusCode.NOT_FOUND, "Subscription does not exist")
             self._cond.notify_all()
-            return _Empty.pb()()
+            return None
 
     # -- Subscriber: delivery -------------------------------------------------------------------
 
@@ -543,7 +546,7 @@ class InProcessEmulator:
         with self._cond:
             subscription = self._subscription_locked(request.subscription)
             self._ack_locked(subscription, request.ack_ids)
-        return _Empty.pb()()
+        return None
 
     def _modify_ack_deadline(self, request: Any, context: Any) -> Any:
         if not request.ack_ids:
@@ -553,7 +556,7 @@ class InProcessEmulator:
             self._modify_locked(
                 subscription, request.ack_ids, [request.ack_deadline_seconds] * len(request.ack_ids)
             )
-        return _Empty.pb()()
+        return None
 
     def _streaming_pull(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
         try:
@@ -615,8 +618,8 @@ class InProcessEmulator:
                 first.max_outstanding_messages,
                 first.max_outstanding_bytes,
             )
-            self._streams.add(stream)
             self._apply_stream_request_locked(stream, first)
+            self._streams.add(stream)
             return stream
 
     def _next_stream_batch(self, stream: _Stream) -> list[Any] | None:
@@ -664,8 +667,8 @@ class InProcessEmulator:
                         stream.error = abort
                         self._cond.notify_all()
                         break
-        except Exception:  # noqa: S110 - the RPC ended (cancelled, server stopping): nothing to do
-            pass
+        except Exception:
+            pass  # the RPC ended (cancelled, or the server is stopping): nothing to do
         finally:
             # A client half-close ends the stream, as on Google's emulator.
             self._close_stream(stream)
@@ -685,8 +688,8 @@ class InProcessEmulator:
                     "stream_ack_deadline_seconds must be between 10 and 600 seconds",
                 )
             stream.ack_deadline = request.stream_ack_deadline_seconds
-        if stream.subscription.name not in self._subscriptions:
-            return
+        if self._subscriptions.get(stream.subscription.name) is not stream.subscription:
+            return  # deleted (the stream is ending with NOT_FOUND)
         if request.ack_ids:
             self._ack_locked(stream.subscription, request.ack_ids)
         if request.modify_deadline_ack_ids:
@@ -873,7 +876,7 @@ class InProcessEmulator:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "Ack deadline cannot be negative")
         entries = self._resolve_ack_ids_locked(subscription, ack_ids)
         now = time.monotonic()
-        for entry, value in zip(entries, seconds):
+        for entry, value in zip(entries, seconds, strict=True):
             if entry is None or entry.ack_id is None:
                 continue  # stale, or already put back with an earlier message of its key
             if value == 0:
@@ -886,27 +889,15 @@ class InProcessEmulator:
 
 
 class _Empty:
-    """``google.protobuf.Empty`` with the proto-plus-like surface the handlers use."""
+    """``google.protobuf.Empty`` as a response: it has no fields, so its wire form is empty."""
 
     @staticmethod
-    def pb(obj: Any = None) -> Any:
-        from google.protobuf import empty_pb2
-
-        return empty_pb2.Empty if obj is None else obj
-
-    @staticmethod
-    def wrap(pb: Any) -> Any:
-        return pb
-
-    @staticmethod
-    def deserialize(payload: bytes) -> Any:
-        from google.protobuf import empty_pb2
-
-        return empty_pb2.Empty.FromString(payload)
+    def wrap(pb: Any) -> None:
+        return None
 
     @staticmethod
     def serialize(message: Any) -> bytes:
-        return bytes(message.SerializeToString())
+        return b""
 
 
 def _copy(message: Any) -> Any:

@@ -455,6 +455,14 @@ async def test_each_async_opener_yields_the_session_kind_it_names(
         assert kind.is_async
 
 
+async def test_an_asyncpg_pool_hands_out_a_proxy_that_is_accepted(outbox_dsn: str) -> None:
+    async with _asyncpg_pool_connection(outbox_dsn) as conn:
+        # Not a Connection subclass (isinstance is faked): recognised by its own class name.
+        assert type(conn).__name__ == "PoolConnectionProxy"
+        assert asyncpg.Connection not in type(conn).__mro__
+        assert sessions.kind_of(conn) is sessions.Kind.ASYNCPG
+
+
 @async_openers
 async def test_enqueue_commit_leaves_exactly_one_row(
     opener: AsyncOpener,

@@ -1,0 +1,415 @@
+"""Relay throughput and end-to-end lag, beside raw-SQL baselines measured in the same run.
+
+    .venv/bin/python bench/relay.py [--rows 20000] [--rounds 3] [--lag-seconds 5] [--json]
+
+Throughput: events/s from a pre-filled table of ``--rows`` rows to "acknowledged by Pub/Sub"
+(the publish call returned message ids), through:
+
+* the library: ``PublisherTask`` + ``PubSubPublisher`` with the default configuration
+  (2 workers, batch 500), and with 1 worker;
+* raw baselines of the same steps, written by hand: batch claim with ``FOR UPDATE SKIP LOCKED``,
+  publish the batch as one request with the same Pub/Sub client, one batch mark; two loops, once
+  on asyncpg (the fastest Python driver) and once on aiopg (the library's pool driver).
+
+Lag: commit of a one-event transaction to the broker's acknowledgement, at a steady offered load
+(``--rate`` events/s), printed twice: with an in-memory publisher (the library's own cost) and
+through the emulator. Goals (DESIGN §9 "ratio" lines): relay >= 0.8x the asyncpg baseline;
+2 workers >= 1.6x one; lag p50 <= 2 ms and p99 <= 10 ms at 500 events/s.
+
+Pub/Sub: ``PUBSUB_EMULATOR_HOST`` when set, else Google's emulator when installed, else the
+in-process emulator. PostgreSQL: as the test kit finds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import secrets
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from google.pubsub_v1.types import PublishRequest
+
+from outbox_di import config, database, models, repository, schema
+from outbox_di.publishing import base, pubsub
+from outbox_di.publishing.task import PublisherTask
+from outbox_di.testing import postgres
+from outbox_di.testing import pubsub as pubsub_testing
+from outbox_di.testing.emulator import InProcessEmulator
+
+PROJECT = "outbox-bench"
+TOPIC = "relay-bench"
+BATCH = 500
+
+
+@contextlib.contextmanager
+def pubsub_host() -> Iterator[tuple[str, str]]:
+    configured = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if configured:
+        yield configured, "configured emulator"
+        return
+    if pubsub_testing.find_google_emulator():
+        with pubsub_testing.GoogleEmulator() as google:
+            yield google.host, "Google's emulator"
+        return
+    with InProcessEmulator() as emulator:
+        yield emulator.host, "in-process emulator"
+
+
+def make_config(schema_name: str, dsn: str, host: str, **publisher: Any) -> config.OutboxConfig:
+    return config.OutboxConfig.from_mapping(
+        {
+            "schema": schema_name,
+            "dsn": dsn,
+            "pubsub": {"project": PROJECT, "emulator_host": host},
+            "publisher": {"topic": TOPIC, **publisher},
+        }
+    )
+
+
+async def ensure_topic(host: str) -> None:
+    client = pubsub.make_emulator_client(host)
+    try:
+        with contextlib.suppress(Exception):
+            await client.create_topic(name=f"projects/{PROJECT}/topics/{TOPIC}")
+    finally:
+        await client.transport.close()
+
+
+def fresh_schema(dsn: str, *, notify: bool = True) -> str:
+    name = f"bench_relay_{secrets.token_hex(4)}"
+    with database.connect(dsn) as conn:
+        database.migrate(conn, name, notify=notify)
+    return name
+
+
+def drop_schema(dsn: str, name: str) -> None:
+    with database.connect(dsn) as conn, conn, conn.cursor() as cursor:
+        cursor.execute(schema.Queries(name)["drop_schema"].sql)
+
+
+async def prefill(pool: Any, repo: repository.OutboxRepository, rows: int) -> None:
+    for start in range(0, rows, 1000):
+        messages = [
+            models.Message("item", f"item-{n}", "item.created", {"n": n, "name": "bench"})
+            for n in range(start, min(rows, start + 1000))
+        ]
+        async with pool.acquire() as conn, conn.cursor() as cursor, cursor.begin():
+            await repo.enqueue_many(cursor, messages)
+
+
+# -- the library --------------------------------------------------------------------------
+
+
+async def library_throughput(dsn: str, host: str, rows: int, workers: int) -> float:
+    name = fresh_schema(dsn)
+    try:
+        cfg = make_config(name, dsn, host, workers=workers)
+        async with database.open_pool(dsn, max_size=workers + 4) as pool:
+            repo = repository.OutboxRepository(pool, name)
+            await prefill(pool, repo, rows)
+            publisher = pubsub.PubSubPublisher(cfg)
+            relay = PublisherTask(cfg, repo, publisher)
+            started = time.perf_counter()
+            await relay.start()
+            while relay.stats.published < rows:  # noqa: ASYNC110 - polling is the measurement
+                await asyncio.sleep(0.002)
+            elapsed = time.perf_counter() - started
+            await relay.stop()
+            await publisher.close()
+        return rows / elapsed
+    finally:
+        drop_schema(dsn, name)
+
+
+# -- raw baselines ------------------------------------------------------------------------
+
+_PB_MESSAGE: Any = pubsub._PB_MESSAGE
+_PB_REQUEST: Any = pubsub._PB_REQUEST
+
+
+def _raw_message(
+    event_id: Any,
+    event_type: str,
+    aggregate_type: str,
+    aggregate_id: str,
+    payload: bytes,
+    headers: Any,
+) -> Any:
+    attributes = json.loads(headers) if isinstance(headers, str) else dict(headers)
+    attributes.update(
+        event_id=str(event_id),
+        event_type=event_type,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+    )
+    return _PB_MESSAGE(data=bytes(payload), attributes=attributes)
+
+
+async def raw_publish(client: Any, topic: str, messages: list[Any]) -> None:
+    request = PublishRequest.wrap(_PB_REQUEST(topic=topic, messages=messages))
+    await client.publish(request=request, timeout=10, retry=None)
+
+
+async def asyncpg_baseline(dsn: str, host: str, rows: int, loops: int) -> float:
+    """Claim (SKIP LOCKED) + publish + batch mark, hand-written on asyncpg."""
+    name = fresh_schema(dsn)
+    try:
+        async with database.open_pool(dsn, max_size=4) as pool:
+            await prefill(pool, repository.OutboxRepository(pool, name), rows)
+        queries = schema.Queries(name)
+        claim = queries["outbox_claim"].numeric_sql
+        mark = queries["outbox_mark_published"].numeric_sql
+        client = pubsub.make_emulator_client(host)
+        topic = f"projects/{PROJECT}/topics/{TOPIC}"
+        done = 0
+        conn_pool = await asyncpg.create_pool(
+            dsn,
+            min_size=loops,
+            max_size=loops,
+            server_settings={"plan_cache_mode": "force_custom_plan"},
+        )
+        assert conn_pool is not None
+
+        async def loop() -> None:
+            nonlocal done
+            while True:
+                token = uuid.uuid4()
+                now = models.utcnow()
+                async with conn_pool.acquire() as conn:
+                    records = await conn.fetch(
+                        claim, now, now - dt.timedelta(seconds=30), BATCH, token
+                    )
+                if not records:
+                    return
+                messages = [_raw_message(r[0], r[4], r[2], r[3], r[5], r[6]) for r in records]
+                await raw_publish(client, topic, messages)
+                async with conn_pool.acquire() as conn:
+                    await conn.execute(mark, [r[0] for r in records], token, models.utcnow())
+                done += len(records)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(loops)))
+        elapsed = time.perf_counter() - started
+        await conn_pool.close()
+        await client.transport.close()
+        assert done == rows, (done, rows)
+        return rows / elapsed
+    finally:
+        drop_schema(dsn, name)
+
+
+async def aiopg_baseline(dsn: str, host: str, rows: int, loops: int) -> float:
+    """The same hand-written loop on aiopg (psycopg2), the library's pool driver."""
+    name = fresh_schema(dsn)
+    try:
+        async with database.open_pool(dsn, max_size=loops + 2) as pool:
+            await prefill(pool, repository.OutboxRepository(pool, name), rows)
+            queries = schema.Queries(name)
+            claim = queries["outbox_claim"].sql
+            mark = queries["outbox_mark_published"].sql
+            client = pubsub.make_emulator_client(host)
+            topic = f"projects/{PROJECT}/topics/{TOPIC}"
+            done = 0
+
+            async def loop() -> None:
+                nonlocal done
+                while True:
+                    token = str(uuid.uuid4())
+                    now = models.utcnow()
+                    values = {
+                        "now": now,
+                        "stale_before": now - dt.timedelta(seconds=30),
+                        "limit": BATCH,
+                        "lock_token": token,
+                    }
+                    async with pool.acquire() as conn, conn.cursor() as cursor:
+                        await cursor.execute(claim, values)
+                        records = await cursor.fetchall()
+                    if not records:
+                        return
+                    messages = [_raw_message(r[0], r[4], r[2], r[3], r[5], r[6]) for r in records]
+                    await raw_publish(client, topic, messages)
+                    async with pool.acquire() as conn, conn.cursor() as cursor:
+                        await cursor.execute(
+                            mark,
+                            {
+                                "event_ids": [r[0] for r in records],
+                                "lock_token": token,
+                                "published_at": models.utcnow(),
+                            },
+                        )
+                    done += len(records)
+
+            started = time.perf_counter()
+            await asyncio.gather(*(loop() for _ in range(loops)))
+            elapsed = time.perf_counter() - started
+            await client.transport.close()
+        assert done == rows, (done, rows)
+        return rows / elapsed
+    finally:
+        drop_schema(dsn, name)
+
+
+# -- lag --------------------------------------------------------------------------------
+
+
+class _Timed:
+    """Wraps a publisher and notes when each event's publish call returned successfully."""
+
+    def __init__(self, inner: base.Publisher) -> None:
+        self.inner = inner
+        self.acked: dict[uuid.UUID, float] = {}
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def publish(self, events: Sequence[models.OutboxEvent]) -> Sequence[base.PublishOutcome]:
+        outcomes = await self.inner.publish(events)
+        now = time.perf_counter()
+        for event, outcome in zip(events, outcomes, strict=True):
+            if outcome.ok:
+                self.acked[event.event_id] = now
+        return outcomes
+
+
+async def lag(
+    dsn: str,
+    host: str,
+    make_publisher: Callable[[config.OutboxConfig], base.Publisher],
+    rate: float,
+    seconds: float,
+) -> tuple[float, float, int]:
+    name = fresh_schema(dsn)
+    try:
+        cfg = make_config(name, dsn, host)
+        async with database.open_pool(dsn, max_size=8) as pool:
+            repo = repository.OutboxRepository(pool, name)
+            timed = _Timed(make_publisher(cfg))
+            committed: dict[uuid.UUID, float] = {}
+            async with PublisherTask(cfg, repo, timed):
+                await asyncio.sleep(0.3)  # workers idle, LISTEN in place
+                interval = 1.0 / rate
+                total = int(rate * seconds)
+                next_at = time.perf_counter()
+                for n in range(total):
+                    message = models.Message("item", f"i{n}", "item.created", {"n": n})
+                    async with pool.acquire() as conn, conn.cursor() as cursor:
+                        async with cursor.begin():
+                            await repo.enqueue(cursor, message)
+                        committed[message.event_id] = time.perf_counter()
+                    next_at += interval
+                    delay = next_at - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                deadline = time.perf_counter() + 10
+                while len(timed.acked) < total and time.perf_counter() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        lags = sorted(
+            (timed.acked[i] - t) * 1000.0 for i, t in committed.items() if i in timed.acked
+        )
+        p50 = statistics.median(lags)
+        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+        return p50, p99, total - len(lags)
+    finally:
+        drop_schema(dsn, name)
+
+
+# -- main -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Results:
+    pubsub: str
+    rows: int
+    library_2w: list[float] = dataclasses.field(default_factory=list)
+    library_1w: list[float] = dataclasses.field(default_factory=list)
+    asyncpg_raw: list[float] = dataclasses.field(default_factory=list)
+    aiopg_raw: list[float] = dataclasses.field(default_factory=list)
+    lag_memory: tuple[float, float, int] = (0.0, 0.0, 0)
+    lag_emulator: tuple[float, float, int] = (0.0, 0.0, 0)
+
+
+def _goal(ratio: float, goal: float) -> str:
+    return f"ratio {ratio:.2f} (goal >= {goal})" + ("" if ratio >= goal else "  GOAL MISSED")
+
+
+async def run(args: argparse.Namespace, dsn: str, host: str, pubsub_name: str) -> Results:
+    await ensure_topic(host)
+    results = Results(pubsub_name, args.rows)
+    for round_number in range(args.rounds):
+        results.library_2w.append(await library_throughput(dsn, host, args.rows, workers=2))
+        results.asyncpg_raw.append(await asyncpg_baseline(dsn, host, args.rows, loops=2))
+        results.library_1w.append(await library_throughput(dsn, host, args.rows, workers=1))
+        results.aiopg_raw.append(await aiopg_baseline(dsn, host, args.rows, loops=2))
+        print(
+            f"  round {round_number + 1}/{args.rounds}: library {results.library_2w[-1]:,.0f}/s, "
+            f"asyncpg {results.asyncpg_raw[-1]:,.0f}/s, 1 worker {results.library_1w[-1]:,.0f}/s, "
+            f"aiopg {results.aiopg_raw[-1]:,.0f}/s",
+            file=sys.stderr,
+        )
+    results.lag_memory = await lag(
+        dsn, host, lambda cfg: base.InMemoryPublisher(), args.rate, args.lag_seconds
+    )
+    results.lag_emulator = await lag(dsn, host, pubsub.PubSubPublisher, args.rate, args.lag_seconds)
+    return results
+
+
+def report(results: Results, rate: float) -> None:
+    library = statistics.median(results.library_2w)
+    one = statistics.median(results.library_1w)
+    raw_asyncpg = statistics.median(results.asyncpg_raw)
+    raw_aiopg = statistics.median(results.aiopg_raw)
+    rounds = len(results.library_2w)
+    print(f"relay {results.rows:,} rows to {results.pubsub}, median of {rounds} rounds")
+    print(f"  library (default config, 2 workers): {library:>9,.0f} events/s")
+    print(f"  raw asyncpg baseline (2 loops):      {raw_asyncpg:>9,.0f} events/s")
+    print(f"  raw aiopg baseline (2 loops):        {raw_aiopg:>9,.0f} events/s")
+    print(f"  library, 1 worker:                   {one:>9,.0f} events/s")
+    print(f"relay vs asyncpg baseline: {_goal(library / raw_asyncpg, 0.8)}")
+    print(f"relay vs aiopg baseline: {library / raw_aiopg:.2f}x (information)")
+    print(f"2 workers vs 1: {_goal(library / one, 1.6)}")
+    for label, (p50, p99, lost) in (
+        ("in-memory publisher", results.lag_memory),
+        (results.pubsub, results.lag_emulator),
+    ):
+        verdict = "" if p50 <= 2 and p99 <= 10 else "  GOAL MISSED"
+        print(
+            f"lag at {rate:.0f} events/s, {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
+            f"(goal p50 <= 2, p99 <= 10){verdict}" + (f", {lost} not acked" if lost else "")
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--lag-seconds", type=float, default=5.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with postgres.postgres_server() as server, pubsub_host() as (host, pubsub_name):
+        print(f"PostgreSQL: {server.source}; Pub/Sub: {pubsub_name} at {host}", file=sys.stderr)
+        results = asyncio.run(run(args, server.dsn, host, pubsub_name))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(results), indent=2))
+    else:
+        report(results, args.rate)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
