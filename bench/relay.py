@@ -195,7 +195,8 @@ async def asyncpg_baseline(dsn: str, host: str, rows: int, loops: int) -> float:
                 messages = [_raw_message(r[0], r[4], r[2], r[3], r[5], r[6]) for r in records]
                 await raw_publish(client, topic, messages)
                 async with conn_pool.acquire() as conn:
-                    await conn.execute(mark, [r[0] for r in records], token, models.utcnow())
+                    # outbox_mark_published takes (published_at, event_ids, lock_token)
+                    await conn.execute(mark, models.utcnow(), [r[0] for r in records], token)
                 done += len(records)
 
         started = time.perf_counter()

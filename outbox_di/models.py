@@ -9,7 +9,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from outbox_di import errors
 
@@ -194,15 +194,23 @@ def encode_headers(headers: Headers, event_id: object = None) -> str:
     return _encode_json(headers if type(headers) is dict else dict(headers))
 
 
+def _is_str_map(value: object) -> TypeGuard[dict[str, str]]:
+    # The hot path of every claim: a plain loop is ~5x cheaper than all() over a generator.
+    if type(value) is not dict:
+        return False
+    for key, item in value.items():  # noqa: SIM110 - a loop, on purpose (see above)
+        if type(key) is not str or type(item) is not str:
+            return False
+    return True
+
+
 def decode_headers(raw: object, event_id: object = None) -> dict[str, str]:
     """Read stored headers tolerantly: a warning and a best effort, never an exception.
 
     Rows written by other tools (or older code) may hold a JSON string, an array, or values that
     are not strings. The relay must not stall on such a row, so it gets what can be salvaged.
     """
-    if isinstance(raw, dict) and all(
-        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
-    ):
+    if _is_str_map(raw):
         return raw
     value = raw
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -221,9 +229,7 @@ def decode_headers(raw: object, event_id: object = None) -> dict[str, str]:
             event_id,
             extra={"event_id": str(event_id)},
         )
-        if isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
+        if _is_str_map(value):
             return value
     if isinstance(value, dict):
         logger.warning(

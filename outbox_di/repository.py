@@ -81,6 +81,13 @@ def _aggregate_id(value: object, event_id: object) -> str:
     return text
 
 
+_PENDING = models.OutboxStatus.PENDING
+
+
+def _seq_of_row(row: Row) -> int:
+    return int(row[1])
+
+
 def _as_uuid(value: object) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
@@ -246,9 +253,9 @@ class OutboxRepository:
                 "lock_token": str(lock_token),
             },
         )
-        events = [self._event(row) for row in rows]
-        events.sort(key=lambda event: event.seq)
-        return events
+        # RETURNING comes in no particular order; the lease is the token we just stamped.
+        rows.sort(key=_seq_of_row)
+        return [self._event(row, lock_token) for row in rows]
 
     async def mark_published(
         self, event_ids: Iterable[uuid.UUID], lock_token: uuid.UUID, published_at: dt.datetime
@@ -326,8 +333,9 @@ class OutboxRepository:
         return self._event(rows[0]) if rows else None
 
     @staticmethod
-    def _event(row: Row) -> models.OutboxEvent:
+    def _event(row: Row, lock_token: uuid.UUID | None = None) -> models.OutboxEvent:
         event_id = _as_uuid(row[0])
+        status = row[8]
         return models.OutboxEvent(
             event_id=event_id,
             seq=row[1],
@@ -337,13 +345,13 @@ class OutboxRepository:
             payload=bytes(row[5]),
             headers=models.decode_headers(row[6], event_id),
             ordering_key=row[7],
-            status=models.OutboxStatus(row[8]),
+            status=_PENDING if status == "pending" else models.OutboxStatus(status),
             created_at=row[9],
             available_at=row[10],
             published_at=row[11],
             delivery_attempts=row[12],
             last_error=row[13],
-            lock_token=_as_optional_uuid(row[14]),
+            lock_token=lock_token if lock_token is not None else _as_optional_uuid(row[14]),
             locked_at=row[15],
         )
 

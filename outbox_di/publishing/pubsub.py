@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as google_exceptions
-from google.pubsub_v1.types import PublishRequest, PubsubMessage
+from google.pubsub_v1.types import PublishRequest, PublishResponse, PubsubMessage
 
 from outbox_di import config as config_module
 from outbox_di import errors, models, observability
@@ -114,22 +114,26 @@ def message_problem(event: models.OutboxEvent, attributes: Mapping[str, str]) ->
     if len(attributes) > MAX_ATTRIBUTES:
         return f"{len(attributes)} attributes is over Pub/Sub's limit of {MAX_ATTRIBUTES}"
     for key, value in attributes.items():
-        if not key or len(key.encode()) > MAX_ATTRIBUTE_KEY_BYTES:
+        # A str of n characters is at most 4n UTF-8 bytes: encode only the long ones.
+        if not key or (
+            len(key) * 4 > MAX_ATTRIBUTE_KEY_BYTES and len(key.encode()) > MAX_ATTRIBUTE_KEY_BYTES
+        ):
             return f"attribute key {key[:40]!r} is empty or over {MAX_ATTRIBUTE_KEY_BYTES} bytes"
         if key.startswith("goog"):
             return f"attribute key {key[:40]!r} uses the prefix 'goog', reserved by Pub/Sub"
-        if len(value.encode()) > MAX_ATTRIBUTE_VALUE_BYTES:
+        if len(value) * 4 > MAX_ATTRIBUTE_VALUE_BYTES and (
+            len(value.encode()) > MAX_ATTRIBUTE_VALUE_BYTES
+        ):
             return f"attribute {key[:40]!r} is over {MAX_ATTRIBUTE_VALUE_BYTES} bytes"
     return None
 
 
 def _size(event: models.OutboxEvent, attributes: Mapping[str, str]) -> int:
-    return (
-        len(event.payload)
-        + sum(len(k) + len(v) for k, v in attributes.items())
-        + len(event.ordering_key or "")
-        + _MESSAGE_OVERHEAD
-    )
+    # An upper bound (4 bytes a character) is enough to keep requests under 10 MB.
+    text = len(event.ordering_key or "")
+    for key, value in attributes.items():
+        text += len(key) + len(value)
+    return len(event.payload) + 4 * text + _MESSAGE_OVERHEAD
 
 
 def make_emulator_client(host: str) -> Any:
@@ -266,7 +270,9 @@ class PubSubPublisher:
             for index, _, _ in chunk:
                 outcomes[index] = PublishOutcome(error=error)
             return
-        for (index, _, _), message_id in zip(chunk, response.message_ids, strict=True):
+        # The raw protobuf list: proto-plus wraps each element access (~3 µs an id).
+        message_ids = PublishResponse.pb(response).message_ids
+        for (index, _, _), message_id in zip(chunk, message_ids, strict=True):
             outcomes[index] = PublishOutcome(message_id=message_id)
 
 
