@@ -51,6 +51,39 @@ def get_tracer() -> trace.Tracer:
     return trace.get_tracer(INSTRUMENTATION_NAME)
 
 
+def tracing_configured() -> bool:
+    """Whether the service installed a tracer provider (else spans would be no-ops)."""
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the active span, or ``None`` outside a (valid) span."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def link_to(traceparent: str | None) -> list[trace.Link]:
+    """A span link to the context a ``traceparent`` names (none when absent or malformed)."""
+    if not traceparent:
+        return []
+    parts = traceparent.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return []
+    try:
+        context = trace.SpanContext(
+            trace_id=int(parts[1], 16),
+            span_id=int(parts[2], 16),
+            is_remote=True,
+            trace_flags=trace.TraceFlags(int(parts[3], 16)),
+        )
+    except ValueError:
+        return []
+    return [trace.Link(context)] if context.is_valid else []
+
+
 class _Attributes:
     """Attribute dicts built once per event type, not once per event."""
 

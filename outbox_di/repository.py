@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg2
 
-from outbox_di import errors, models, schema, sessions
+from outbox_di import errors, models, observability, schema, sessions
 
 Row = Sequence[Any]
 
@@ -114,7 +114,9 @@ class OutboxRepository:
 
     # -- enqueue, in the caller's transaction ---------------------------------------------
 
-    def _row(self, message: models.Message) -> tuple[str, str, str, str, bytes, str, str | None]:
+    def _row(
+        self, message: models.Message, traceparent: str | None = None
+    ) -> tuple[str, str, str, str, bytes, str, str | None]:
         event_id = message.event_id
         aggregate_type = message.aggregate_type
         aggregate_id = message.aggregate_id
@@ -142,6 +144,9 @@ class OutboxRepository:
         if ordering_key is None and self.ordering:
             ordering_key = text_id
         headers = message.headers
+        if traceparent is not None and "traceparent" not in headers:
+            # The trace active at enqueue travels with the event (DESIGN §6).
+            headers = {**headers, "traceparent": traceparent}
         return (
             # 32 hex digits: PostgreSQL (and asyncpg's encoder) read a uuid without its hyphens,
             # and ``.hex`` costs a third of ``str()``. The stored value is the same.
@@ -156,7 +161,7 @@ class OutboxRepository:
 
     def _insert_values(self, message: models.Message) -> dict[str, object]:
         event_id, aggregate_type, aggregate_id, event_type, payload, headers, key = self._row(
-            message
+            message, observability.current_traceparent()
         )
         return {
             "event_id": event_id,
@@ -180,8 +185,11 @@ class OutboxRepository:
         headers: list[str] = []
         keys: list[str | None] = []
         row = self._row
+        traceparent = observability.current_traceparent()
         for message in messages:
-            event_id, aggregate_type, aggregate_id, event_type, payload, header, key = row(message)
+            event_id, aggregate_type, aggregate_id, event_type, payload, header, key = row(
+                message, traceparent
+            )
             event_ids.append(event_id)
             aggregate_types.append(aggregate_type)
             aggregate_ids.append(aggregate_id)

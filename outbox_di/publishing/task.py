@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.metrics import Meter
 
 from outbox_di import config as config_module
@@ -68,6 +69,7 @@ class PublisherTask:
         logger: logging.Logger | None = None,
         meter: Meter | None = None,
         *,
+        tracer: trace.Tracer | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
@@ -79,6 +81,10 @@ class PublisherTask:
             meter, config.schema, enabled=config.publisher.metrics_enabled
         )
         self.stats = PublisherStats()
+        # Spans cost per event: only when the service traces (or hands us a tracer).
+        self._tracer = tracer or (
+            observability.get_tracer() if observability.tracing_configured() else None
+        )
         self._rng = rng or random.Random()
         self._lock_ttl = dt.timedelta(seconds=self.settings.lock_ttl)
         self._wake = asyncio.Event()
@@ -216,6 +222,11 @@ class PublisherTask:
         self.stats.batches += 1
 
         published = [e for e, o in zip(events, outcomes, strict=True) if o.ok]
+        outcomes_by_id = (
+            {e.event_id: o for e, o in zip(events, outcomes, strict=True)}
+            if self._tracer is not None
+            else {}
+        )
         failed = [(e, o) for e, o in zip(events, outcomes, strict=True) if not o.ok]
         if published:
             changed = await self.repository.mark_published(
@@ -233,6 +244,8 @@ class PublisherTask:
                     len(published),
                 )
             self._record_success(published, latency_ms, acked_at)
+            if self._tracer is not None:
+                self._trace(published, outcomes_by_id, latency_ms)
         if failed:
             await self._handle_failures(number, token, failed, acked_at)
         self._claims.pop(number, None)
@@ -267,6 +280,31 @@ class PublisherTask:
         for event_type, count in counts.items():
             self.metrics.published(event_type, count)
             self.metrics.record_latency(latency_ms, event_type)
+
+    def _trace(
+        self,
+        published: Sequence[models.OutboxEvent],
+        outcomes: dict[uuid.UUID, base.PublishOutcome],
+        latency_ms: float,
+    ) -> None:
+        """One PRODUCER span per published event, linked to the trace active at enqueue."""
+        assert self._tracer is not None
+        start_ns = time.time_ns() - int(latency_ms * 1_000_000)
+        for event in published:
+            span = self._tracer.start_span(
+                observability.SPAN_PUBLISH,
+                kind=trace.SpanKind.PRODUCER,
+                links=observability.link_to(event.headers.get("traceparent")),
+                start_time=start_ns,
+                attributes={
+                    "messaging.system": "gcp_pubsub",
+                    "messaging.message.id": outcomes[event.event_id].message_id or "",
+                    "outbox.event_id": str(event.event_id),
+                    "outbox.event_type": event.event_type,
+                    "outbox.schema": self.config.schema,
+                },
+            )
+            span.end()
 
     async def _handle_failures(
         self,

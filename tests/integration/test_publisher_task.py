@@ -245,3 +245,39 @@ async def test_metrics_have_the_contract_names_and_can_be_turned_off(
     assert _metric_points(quiet_reader) == {}
     provider.shutdown()
     quiet.shutdown()
+
+
+async def test_enqueue_captures_the_trace_and_publish_spans_link_to_it(
+    outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("create item") as request_span:
+        [traced] = await _enqueue(outbox_pool, outbox_repository, 1)
+    [untraced] = await _enqueue(outbox_pool, outbox_repository, 1, key="plain")
+    context = request_span.get_span_context()
+    stored = await outbox_repository.get(traced)
+    assert stored is not None
+    assert stored.headers["traceparent"] == (
+        f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    )
+    plain = await outbox_repository.get(untraced)
+    assert plain is not None and "traceparent" not in plain.headers
+
+    sink = base.InMemoryPublisher()
+    cfg = _config(outbox_repository.schema, outbox_dsn, workers=1)
+    async with PublisherTask(cfg, outbox_repository, sink, tracer=tracer) as task:
+        await _until(lambda: task.stats.published == 2)
+    spans = [s for s in exporter.get_finished_spans() if s.name == "outbox publish"]
+    assert len(spans) == 2
+    by_event = {s.attributes["outbox.event_id"]: s for s in spans if s.attributes}
+    linked = by_event[str(traced)]
+    assert [link.context.trace_id for link in linked.links] == [context.trace_id]
+    assert list(by_event[str(untraced)].links) == []
+    provider.shutdown()
