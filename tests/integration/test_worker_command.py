@@ -46,13 +46,15 @@ async def test_worker_relays_and_stops_on_sigterm(
         "OUTBOX_PUBSUB__PROJECT": PROJECT,
         "OUTBOX_PUBSUB__EMULATOR_HOST": host,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "outbox_di.cli", "worker"],
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "outbox_di.cli",
+        "worker",
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         messages = [models.Message("item", str(n), "item.created", {"n": n}) for n in range(25)]
@@ -60,7 +62,7 @@ async def test_worker_relays_and_stops_on_sigterm(
             await outbox_repository.enqueue_many(cursor, messages)
         deadline = time.monotonic() + 30
         while await outbox_repository.count_pending() and time.monotonic() < deadline:
-            assert process.poll() is None, process.communicate()
+            assert process.returncode is None, await process.communicate()
             await asyncio.sleep(0.1)
         assert await outbox_repository.count_pending() == 0
         emulator = pubsub_inprocess_emulator.emulator
@@ -68,12 +70,13 @@ async def test_worker_relays_and_stops_on_sigterm(
         assert emulator.published_count >= 25
         process.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        out, err = await asyncio.to_thread(process.communicate, timeout=10)
+        out_bytes, err_bytes = await asyncio.wait_for(process.communicate(), 10)
         assert time.monotonic() - started < 5
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             process.kill()
-            process.communicate()
+            await process.communicate()
+    out, err = out_bytes.decode(), err_bytes.decode()
     assert process.returncode == 0, err
     assert f"schema {outbox_repository.schema!r}" in out
     assert "stopped" in out
