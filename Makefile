@@ -40,6 +40,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/enqueue.py
+	$(BIN)/python bench/relay.py
 
 tox: $(STAMP)
 	$(BIN)/tox run-parallel
