@@ -342,25 +342,26 @@ class OutboxRepository:
 
     @staticmethod
     def _event(row: Row, lock_token: uuid.UUID | None = None) -> models.OutboxEvent:
+        # Positional arguments, in field order: this runs once per claimed row.
         event_id = _as_uuid(row[0])
         status = row[8]
         return models.OutboxEvent(
-            event_id=event_id,
-            seq=row[1],
-            aggregate_type=row[2],
-            aggregate_id=row[3],
-            event_type=row[4],
-            payload=bytes(row[5]),
-            headers=models.decode_headers(row[6], event_id),
-            ordering_key=row[7],
-            status=_PENDING if status == "pending" else models.OutboxStatus(status),
-            created_at=row[9],
-            available_at=row[10],
-            published_at=row[11],
-            delivery_attempts=row[12],
-            last_error=row[13],
-            lock_token=lock_token if lock_token is not None else _as_optional_uuid(row[14]),
-            locked_at=row[15],
+            event_id,
+            row[1],  # seq
+            row[2],  # aggregate_type
+            row[3],  # aggregate_id
+            row[4],  # event_type
+            bytes(row[5]),  # payload
+            models.decode_headers(row[6], event_id),
+            row[7],  # ordering_key
+            _PENDING if status == "pending" else models.OutboxStatus(status),
+            row[9],  # created_at
+            row[10],  # available_at
+            row[11],  # published_at
+            row[12],  # delivery_attempts
+            row[13],  # last_error
+            lock_token if lock_token is not None else _as_optional_uuid(row[14]),
+            row[15],  # locked_at
         )
 
 

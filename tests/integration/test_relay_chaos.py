@@ -176,7 +176,7 @@ def _report_duplicates(
 
 
 async def test_ten_thousand_events_survive_a_killed_worker_and_failing_publishes(
-    pubsub_inprocess_emulator: EmulatorEndpoint,
+    pubsub_emulator: EmulatorEndpoint,
     outbox_pool: Any,
     outbox_repository: repository.OutboxRepository,
     outbox_dsn: str,
@@ -184,7 +184,7 @@ async def test_ten_thousand_events_survive_a_killed_worker_and_failing_publishes
     """10,000 events from 8 concurrent writers (transactions of 1-50), 3 workers with a 1 s
     lease, one worker killed mid-publish, 20% of publish calls failing: every event reaches the
     topic. In-process emulator (see the module docstring)."""
-    host = pubsub_inprocess_emulator.host
+    host = pubsub_emulator.host
     rng = random.Random(20240611)
     writers, total = 8, 10_000
     plans: list[list[list[models.Message]]] = [[] for _ in range(writers)]
@@ -245,9 +245,9 @@ async def test_ten_thousand_events_survive_a_killed_worker_and_failing_publishes
     assert set(by_event) == wanted
     assert task.stats.dead == 0
     assert faulty.failed_calls > 0 and killed
-    extra = _report_duplicates("10k", by_event, redelivered, killed, task, faulty)
+    extra = _report_duplicates(f"10k/{pubsub_emulator.kind}", by_event, redelivered, killed, task, faulty)
     print(
-        f"[10k] relayed in {relayed:.1f}s (writers included); killed claim {len(killed)} "
+        f"[10k/{pubsub_emulator.kind}] relayed in {relayed:.1f}s (writers included); killed claim {len(killed)} "
         f"events; {extra} duplicate publishes"
     )
 
@@ -264,7 +264,7 @@ async def test_ordering_holds_per_key_under_chaos(
     2,000 events over 50 keys on the in-process emulator; 300 over 10 on Google's."""
     host = pubsub_emulator.host
     in_process = pubsub_emulator.emulator is not None
-    total, key_count, writers = (2000, 50, 5) if in_process else (300, 10, 5)
+    total, key_count, writers = (2000, 50, 5) if in_process else (2000, 50, 5)
     per_key = total // key_count
     rng = random.Random(99)
     # Each key belongs to one writer, so a key's commit order is its enqueue order.
