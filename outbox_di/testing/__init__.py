@@ -4,6 +4,7 @@ Fixtures:
 
 * ``outbox_postgres`` (session): the :class:`~outbox_di.testing.postgres.PostgresServer` in use;
 * ``outbox_dsn`` (session): its DSN;
+* ``outbox_schema_name`` (function): a fresh, unmigrated schema name, dropped afterwards;
 * ``outbox_schema`` (function): a fresh schema with the DDL applied, dropped afterwards;
 * ``outbox_pool`` (function, async): an aiopg pool on ``outbox_dsn``;
 * ``outbox_repository`` / ``inbox_repository`` (function): repositories on that pool and schema;
@@ -38,6 +39,7 @@ __all__ = [
     "outbox_postgres",
     "outbox_repository",
     "outbox_schema",
+    "outbox_schema_name",
     "pubsub_emulator",
     "pubsub_google_emulator",
     "pubsub_inprocess_emulator",
@@ -56,15 +58,22 @@ def outbox_dsn(outbox_postgres: postgres.PostgresServer) -> str:
 
 
 @pytest.fixture
-def outbox_schema(outbox_dsn: str) -> Iterator[str]:
+def outbox_schema_name(outbox_dsn: str) -> Iterator[str]:
+    """A fresh schema name, not migrated; whatever is created under it is dropped afterwards."""
     name = f"test_{secrets.token_hex(6)}"
-    with database.connect(outbox_dsn) as conn:
-        database.migrate(conn, name)
     try:
         yield name
     finally:
         with database.connect(outbox_dsn) as conn, conn, conn.cursor() as cursor:
             cursor.execute(schema.Queries(name)["drop_schema"].sql)
+
+
+@pytest.fixture
+def outbox_schema(outbox_dsn: str, outbox_schema_name: str) -> str:
+    """A fresh schema with the DDL applied (dropped afterwards)."""
+    with database.connect(outbox_dsn) as conn:
+        database.migrate(conn, outbox_schema_name)
+    return outbox_schema_name
 
 
 @pytest.fixture

@@ -289,9 +289,7 @@ class PublisherContract:
         try:
             await containers.start(outbox_container, workers=False)
             outbox = await outbox_container.outbox()
-            message = self._message(
-                1, payload=b"\x00contract\xff", headers={"x-contract": "yes"}
-            )
+            message = self._message(1, payload=b"\x00contract\xff", headers={"x-contract": "yes"})
             event_id = await outbox.enqueue(message)
             await self._start_workers(outbox_container)
             repo = await outbox_container.outbox_repository()

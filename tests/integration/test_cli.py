@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +13,6 @@ import pytest
 from outbox_di import cli, database, schema
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fresh_schema(outbox_dsn: str) -> Iterator[str]:
-    name = f"cli_{secrets.token_hex(5)}"
-    yield name
-    with database.connect(outbox_dsn) as conn, conn, conn.cursor() as cursor:
-        cursor.execute(schema.Queries(name)["drop_schema"].sql)
 
 
 def _alter(dsn: str, sql: str) -> None:
@@ -51,22 +41,22 @@ def test_missing_dsn_is_a_usage_error(
 
 
 def test_migrate_twice_then_check_in_sync(
-    outbox_dsn: str, fresh_schema: str, capsys: pytest.CaptureFixture[str]
+    outbox_dsn: str, outbox_schema_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", fresh_schema]) == 1
+    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", outbox_schema_name]) == 1
     assert "missing table outbox_events" in capsys.readouterr().out
     for _ in range(2):
-        assert cli.main(["migrate", "--dsn", outbox_dsn, "--schema", fresh_schema]) == 0
+        assert cli.main(["migrate", "--dsn", outbox_dsn, "--schema", outbox_schema_name]) == 0
         assert "version 1" in capsys.readouterr().out
-    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", fresh_schema]) == 0
+    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", outbox_schema_name]) == 0
     assert "in sync" in capsys.readouterr().out
 
 
 def test_check_names_each_drifted_column_and_index(
-    outbox_dsn: str, fresh_schema: str, capsys: pytest.CaptureFixture[str]
+    outbox_dsn: str, outbox_schema_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["migrate", "--dsn", outbox_dsn, "--schema", fresh_schema]) == 0
-    q = f'"{fresh_schema}"'
+    assert cli.main(["migrate", "--dsn", outbox_dsn, "--schema", outbox_schema_name]) == 0
+    q = f'"{outbox_schema_name}"'
     _alter(
         outbox_dsn,
         f"ALTER TABLE {q}.outbox_events DROP COLUMN last_error;"
@@ -75,7 +65,7 @@ def test_check_names_each_drifted_column_and_index(
         f"ALTER TABLE {q}.outbox_events ADD COLUMN tenant text;",
     )
     capsys.readouterr()
-    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", fresh_schema]) == 1
+    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", outbox_schema_name]) == 1
     out = capsys.readouterr().out
     assert "missing column outbox_events.last_error" in out
     assert "column inbox_events.payload differs" in out and "found: text" in out
@@ -83,16 +73,16 @@ def test_check_names_each_drifted_column_and_index(
     assert "extra column outbox_events.tenant" in out
     assert "3 difference(s)" in out
 
-    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", fresh_schema, "--json"]) == 1
+    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", outbox_schema_name, "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["in_sync"] is False
     assert len(report["differences"]) == 3
     assert report["extras"] == ["extra column outbox_events.tenant"]
 
     # migrate recreates a dropped index...
-    assert cli.main(["migrate", "--dsn", outbox_dsn, "--schema", fresh_schema]) == 0
+    assert cli.main(["migrate", "--dsn", outbox_dsn, "--schema", outbox_schema_name]) == 0
     capsys.readouterr()
-    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", fresh_schema]) == 1
+    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", outbox_schema_name]) == 1
     out = capsys.readouterr().out
     assert "missing index" not in out
     # ...but never rewrites an existing table: column drift stays reported for a person to fix.
@@ -101,13 +91,18 @@ def test_check_names_each_drifted_column_and_index(
 
 
 def test_check_trigger_drift_and_no_notify(
-    outbox_dsn: str, fresh_schema: str, capsys: pytest.CaptureFixture[str]
+    outbox_dsn: str, outbox_schema_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["migrate", "--dsn", outbox_dsn, "--schema", fresh_schema, "--no-notify"]) == 0
+    assert (
+        cli.main(["migrate", "--dsn", outbox_dsn, "--schema", outbox_schema_name, "--no-notify"])
+        == 0
+    )
     capsys.readouterr()
-    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", fresh_schema]) == 1
+    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", outbox_schema_name]) == 1
     assert "missing trigger outbox_events.outbox_events_notify" in capsys.readouterr().out
-    assert cli.main(["check", "--dsn", outbox_dsn, "--schema", fresh_schema, "--no-notify"]) == 0
+    assert (
+        cli.main(["check", "--dsn", outbox_dsn, "--schema", outbox_schema_name, "--no-notify"]) == 0
+    )
 
 
 def test_check_file_compares_a_migration_without_a_database(
@@ -134,8 +129,8 @@ def test_split_statements_keeps_function_bodies_whole() -> None:
     assert all(s.startswith("CREATE OR REPLACE FUNCTION") for s in bodies)
 
 
-def test_console_script_runs(outbox_dsn: str, fresh_schema: str) -> None:
-    env = {**os.environ, "OUTBOX_DSN": outbox_dsn, "OUTBOX_SCHEMA": fresh_schema}
+def test_console_script_runs(outbox_dsn: str, outbox_schema_name: str) -> None:
+    env = {**os.environ, "OUTBOX_DSN": outbox_dsn, "OUTBOX_SCHEMA": outbox_schema_name}
     command = [sys.executable, "-m", "outbox_di.cli"]
     migrated = subprocess.run([*command, "migrate"], env=env, capture_output=True, text=True)
     assert migrated.returncode == 0, migrated.stderr

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
-from collections.abc import Iterator
 
 import pytest
 
-from outbox_di import database, errors, schema
+from outbox_di import database, errors
 from outbox_di.testing import postgres
 
 pytestmark = pytest.mark.integration
@@ -45,23 +43,15 @@ def test_embedded_server_starts_migrates_and_stops() -> None:
     assert not postgres.answers(dsn, timeout=1)
 
 
-@pytest.fixture
-def race_schema(outbox_dsn: str) -> Iterator[str]:
-    name = f"race_{secrets.token_hex(5)}"
-    yield name
-    with database.connect(outbox_dsn) as conn, conn, conn.cursor() as cursor:
-        cursor.execute(schema.Queries(name)["drop_schema"].sql)
-
-
 def test_concurrent_migrations_of_one_schema_do_not_collide(
-    outbox_dsn: str, race_schema: str
+    outbox_dsn: str, outbox_schema_name: str
 ) -> None:
     failures: list[BaseException] = []
 
     def run() -> None:
         try:
             with database.connect(outbox_dsn) as conn:
-                database.migrate(conn, race_schema)
+                database.migrate(conn, outbox_schema_name)
         except BaseException as exc:  # collected and asserted below
             failures.append(exc)
 
@@ -72,4 +62,4 @@ def test_concurrent_migrations_of_one_schema_do_not_collide(
         thread.join()
     assert failures == []
     with database.connect(outbox_dsn) as conn:
-        assert database.check(conn, race_schema) == ([], [])
+        assert database.check(conn, outbox_schema_name) == ([], [])

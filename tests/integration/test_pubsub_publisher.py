@@ -184,9 +184,8 @@ async def test_topic_routing_by_event_type_then_aggregate_type(
         "customer": models.Message("customer", "c1", "customer.created", {}),
         "other": models.Message("item", "i1", "item.created", {}),
     }
-    ids = dict(
-        zip(messages, await _enqueue(outbox_pool, outbox_repository, list(messages.values())))
-    )
+    enqueued = await _enqueue(outbox_pool, outbox_repository, list(messages.values()))
+    ids = dict(zip(messages, enqueued, strict=True))
     settings = _config(
         outbox_repository.schema,
         outbox_dsn,
@@ -216,7 +215,11 @@ async def test_a_missing_topic_is_a_config_error_naming_its_key(
     missing = _name("missing")
     cases = {
         "publisher.topics.order.paid": _config(
-            outbox_schema, outbox_dsn, pubsub_emulator.host, existing, topics={"order.paid": missing}
+            outbox_schema,
+            outbox_dsn,
+            pubsub_emulator.host,
+            existing,
+            topics={"order.paid": missing},
         ),
         "publisher.topic": _config(outbox_schema, outbox_dsn, pubsub_emulator.host, missing),
     }
@@ -249,9 +252,8 @@ async def test_messages_pubsub_would_refuse_are_dead_at_once_and_the_batch_goes_
         "goog-header": models.Message("item", "goog", "item.created", {}, {"googlish": "1"}),
         "good-2": models.Message("item", "g2", "item.created", {"n": 2}),
     }
-    ids = dict(
-        zip(messages, await _enqueue(outbox_pool, outbox_repository, list(messages.values())))
-    )
+    enqueued = await _enqueue(outbox_pool, outbox_repository, list(messages.values()))
+    ids = dict(zip(messages, enqueued, strict=True))
     settings = _config(
         outbox_repository.schema, outbox_dsn, pubsub_emulator.host, topic, batch_size=100
     )
