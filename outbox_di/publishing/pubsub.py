@@ -173,6 +173,7 @@ class PubSubPublisher:
         self.logger = logger or observability.logger
         self._client = client
         self._owns_client = client is None
+        self._started = False
 
     @property
     def client(self) -> Any:
@@ -181,7 +182,12 @@ class PubSubPublisher:
         return self._client
 
     async def start(self) -> None:
-        """Create the client (in this event loop) and check every configured topic exists."""
+        """Create the client (in this event loop) and check every configured topic exists.
+
+        Idempotent: the container starts the publisher and the task starts it again.
+        """
+        if self._started:
+            return
         if self._client is None:
             self._client = make_client(self.settings)
         for key, topic in self.router.configured().items():
@@ -196,11 +202,13 @@ class PubSubPublisher:
                 self.logger.warning(
                     "cannot check that topic %s exists (permission denied); continuing", topic
                 )
+        self._started = True
 
     async def close(self) -> None:
         if self._client is not None and self._owns_client:
             await self._client.transport.close()
-        self._client = None
+            self._client = None
+        self._started = False
 
     async def publish(self, events: Sequence[models.OutboxEvent]) -> Sequence[PublishOutcome]:
         outcomes: list[PublishOutcome | None] = [None] * len(events)

@@ -15,6 +15,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from outbox_di import config, database, models, repository
 from outbox_di.publishing import base
 from outbox_di.publishing.task import PublisherTask
+from outbox_di.testing.publisher_suite import metric_points
 
 pytestmark = pytest.mark.integration
 
@@ -199,18 +200,6 @@ async def test_recovers_after_database_connections_are_killed(
         assert await repo.count_pending() == 0
 
 
-def _metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
-    found: dict[str, list[Any]] = {}
-    data = reader.get_metrics_data()
-    if data is None:
-        return found
-    for resource in data.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                found.setdefault(metric.name, []).extend(metric.data.data_points)
-    return found
-
-
 async def test_metrics_have_the_contract_names_and_can_be_turned_off(
     outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
 ) -> None:
@@ -223,7 +212,7 @@ async def test_metrics_have_the_contract_names_and_can_be_turned_off(
     cfg = _config(outbox_repository.schema, outbox_dsn, workers=1)
     async with PublisherTask(cfg, outbox_repository, sink, meter=meter) as task:
         await _until(lambda: task.stats.published == 5)
-    points = _metric_points(reader)
+    points = metric_points(reader)
     success = points["outbox_publish_success_total"]
     assert sum(p.value for p in success) == 5
     assert dict(success[0].attributes) == {
@@ -242,7 +231,7 @@ async def test_metrics_have_the_contract_names_and_can_be_turned_off(
     off = _config(outbox_repository.schema, outbox_dsn, workers=1, metrics_enabled=False)
     async with PublisherTask(off, outbox_repository, sink, meter=quiet.get_meter("t")) as task:
         await _until(lambda: task.stats.published == 2)
-    assert _metric_points(quiet_reader) == {}
+    assert metric_points(quiet_reader) == {}
     provider.shutdown()
     quiet.shutdown()
 
