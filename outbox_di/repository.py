@@ -269,7 +269,7 @@ class OutboxRepository:
         self, event_ids: Iterable[uuid.UUID], lock_token: uuid.UUID, published_at: dt.datetime
     ) -> int:
         """Mark a whole batch published in one statement; only rows still leased to the token."""
-        ids = [str(event_id) for event_id in event_ids]
+        ids = [event_id.hex for event_id in event_ids]  # hex: a third of str()'s cost
         if not ids:
             return 0
         return await self._db.change(

@@ -106,34 +106,38 @@ def _attributes(event: models.OutboxEvent) -> dict[str, str]:
 
 def message_problem(event: models.OutboxEvent, attributes: Mapping[str, str]) -> str | None:
     """Why Pub/Sub would refuse this message, or ``None``."""
-    if len(event.payload) > MAX_MESSAGE_BYTES:
+    checked = _check_message(event, attributes)
+    return checked if isinstance(checked, str) else None
+
+
+def _check_message(event: models.OutboxEvent, attributes: Mapping[str, str]) -> str | int:
+    """The reason Pub/Sub would refuse the message, else its size (an upper bound, for
+    splitting requests under 10 MB). One pass over the attributes: this runs per event."""
+    payload_size = len(event.payload)
+    if payload_size > MAX_MESSAGE_BYTES:
         return (
-            f"payload of {len(event.payload)} bytes is over Pub/Sub's limit of "
+            f"payload of {payload_size} bytes is over Pub/Sub's limit of "
             f"{MAX_MESSAGE_BYTES} bytes per message"
         )
     if len(attributes) > MAX_ATTRIBUTES:
         return f"{len(attributes)} attributes is over Pub/Sub's limit of {MAX_ATTRIBUTES}"
+    text = len(event.ordering_key or "")
     for key, value in attributes.items():
+        key_length = len(key)
+        value_length = len(value)
+        text += key_length + value_length
         # A str of n characters is at most 4n UTF-8 bytes: encode only the long ones.
-        if not key or (
-            len(key) * 4 > MAX_ATTRIBUTE_KEY_BYTES and len(key.encode()) > MAX_ATTRIBUTE_KEY_BYTES
+        if not key_length or (
+            key_length * 4 > MAX_ATTRIBUTE_KEY_BYTES and len(key.encode()) > MAX_ATTRIBUTE_KEY_BYTES
         ):
             return f"attribute key {key[:40]!r} is empty or over {MAX_ATTRIBUTE_KEY_BYTES} bytes"
         if key.startswith("goog"):
             return f"attribute key {key[:40]!r} uses the prefix 'goog', reserved by Pub/Sub"
-        if len(value) * 4 > MAX_ATTRIBUTE_VALUE_BYTES and (
+        if value_length * 4 > MAX_ATTRIBUTE_VALUE_BYTES and (
             len(value.encode()) > MAX_ATTRIBUTE_VALUE_BYTES
         ):
             return f"attribute {key[:40]!r} is over {MAX_ATTRIBUTE_VALUE_BYTES} bytes"
-    return None
-
-
-def _size(event: models.OutboxEvent, attributes: Mapping[str, str]) -> int:
-    # An upper bound (4 bytes a character) is enough to keep requests under 10 MB.
-    text = len(event.ordering_key or "")
-    for key, value in attributes.items():
-        text += len(key) + len(value)
-    return len(event.payload) + 4 * text + _MESSAGE_OVERHEAD
+    return payload_size + 4 * text + _MESSAGE_OVERHEAD
 
 
 def make_emulator_client(host: str) -> Any:
@@ -226,16 +230,16 @@ class PubSubPublisher:
                 )
                 continue
             attributes = _attributes(event)
-            problem = message_problem(event, attributes)
-            if problem is not None:
-                outcomes[index] = PublishOutcome(error=problem, permanent=True)
+            checked = _check_message(event, attributes)
+            if isinstance(checked, str):
+                outcomes[index] = PublishOutcome(error=checked, permanent=True)
                 continue
             message = _PB_MESSAGE(
                 data=event.payload,
                 attributes=attributes,
                 ordering_key=event.ordering_key or "",
             )
-            by_topic.setdefault(topic, []).append((index, message, _size(event, attributes)))
+            by_topic.setdefault(topic, []).append((index, message, checked))
 
         requests = [(topic, chunk) for topic, items in by_topic.items() for chunk in _chunks(items)]
         if self.ordering:
