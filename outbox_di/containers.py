@@ -19,6 +19,7 @@ publisher task (``await start(container)``, or ``outbox-di worker``).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -143,10 +144,32 @@ async def start(container: Any, *, workers: bool | None = None) -> None:
     """Initialize the container's resources for this process.
 
     The pool always; with ``workers`` (default: the ``run_workers`` setting) also the
-    publisher task. Stop with ``await container.shutdown_resources()``.
+    publisher task. Stop with :func:`stop`.
     """
     settings: config_module.OutboxConfig = container.settings()
     await container.pool.init()
     run_workers = settings.run_workers if workers is None else workers
     if run_workers:
         await container.init_resources(resource_type=WorkerResource)
+
+
+async def stop(container: Any) -> None:
+    """Drain the publisher task (within ``publisher.shutdown_timeout``), then close the pool.
+
+    Use this rather than a bare ``shutdown_resources()``: dependency-injector orders a shutdown
+    by direct dependencies only, and the publisher task reaches the pool through the
+    repository, so one call may close the pool under a draining worker (its last batch would
+    then be published again). The singletons built on the pool (repositories, the ``outbox``
+    facade) are reset afterwards, so the same container can be started again.
+    """
+    try:
+        await _maybe_await(container.shutdown_resources(resource_type=WorkerResource))
+        await _maybe_await(container.shutdown_resources())
+    finally:
+        container.reset_singletons()
+
+
+async def _maybe_await(result: object) -> None:
+    # shutdown_resources() returns None when no resource of the kind runs in async mode.
+    if inspect.isawaitable(result):
+        await result

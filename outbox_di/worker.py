@@ -17,9 +17,7 @@ async def serve(container: containers.OutboxContainer, stop: asyncio.Event) -> N
     try:
         await stop.wait()
     finally:
-        shutdown = container.shutdown_resources()
-        if shutdown is not None:
-            await shutdown
+        await containers.stop(container)
 
 
 def run(settings_files: Sequence[str | os.PathLike[str]] | None = None) -> int:

@@ -165,7 +165,7 @@ class PublisherTask:
             wake = self._wake
             try:
                 claimed = await self.run_once(number)
-            except errors.DatabaseError as exc:
+            except Exception as exc:  # a database outage, or a bug: never let the loop die
                 outages += 1
                 self.stats.outages += 1
                 delay = backoff.retry_delay(
@@ -177,10 +177,14 @@ class PublisherTask:
                     rng=self._rng,
                 )
                 self.logger.warning(
-                    "outbox publisher %d: database unavailable (%s); retrying in %.1fs",
+                    "outbox publisher %d: %s (%s); retrying in %.1fs",
                     number,
+                    "database unavailable"
+                    if isinstance(exc, errors.DatabaseError)
+                    else "unexpected error",
                     exc,
                     delay,
+                    exc_info=not isinstance(exc, errors.DatabaseError),
                 )
                 await self._sleep(delay)
                 continue

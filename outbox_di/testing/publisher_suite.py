@@ -297,7 +297,7 @@ class PublisherContract:
             assert stored.delivery_attempts == 1
             pulled = (await self._pull(outbox_subscription, [event_id]))[str(event_id)]
         finally:
-            await outbox_container.shutdown_resources()
+            await containers.stop(outbox_container)
             outbox_container.meter.reset_override()
         assert pulled.message.data == b"\x00contract\xff"
         attributes = dict(pulled.message.attributes)
@@ -341,7 +341,7 @@ class PublisherContract:
             [stored] = await self._published(repo, [event_id])
             pulled = await self._pull(outbox_subscription, [event_id])
         finally:
-            await outbox_container.shutdown_resources()
+            await containers.stop(outbox_container)
             outbox_container.publisher.reset_override()
             await faulty.close()
         assert faulty.failed_calls == 2
@@ -376,7 +376,7 @@ class PublisherContract:
             [stored] = await self._published(repo, [event_id])
             pulled = await self._pull(outbox_subscription, [event_id])
         finally:
-            await outbox_container.shutdown_resources()
+            await containers.stop(outbox_container)
         assert str(event_id) in pulled
         assert stored.delivery_attempts == 2, "the dead worker's claim counts as an attempt"
         assert stored.published_at is not None and stored.locked_at is not None
@@ -410,7 +410,7 @@ class PublisherContract:
             await self._published(repo, list(ids.values()))
             pulled = await self._pull(outbox_subscription, list(ids.values()))
         finally:
-            await outbox_container.shutdown_resources()
+            await containers.stop(outbox_container)
         for name, event_id in ids.items():
             attributes = dict(pulled[str(event_id)].message.attributes)
             assert attributes["event_id"] == str(event_id), name

@@ -11,7 +11,7 @@ import pytest
 from dependency_injector.wiring import Provide, inject
 
 from outbox_di import config, errors, models, settings
-from outbox_di.containers import OutboxContainer, start
+from outbox_di.containers import OutboxContainer, start, stop
 from outbox_di.outbox import Outbox
 from outbox_di.publishing import base
 from outbox_di.publishing.task import PublisherTask
@@ -92,7 +92,7 @@ async def test_wire_and_provide_the_outbox_facade(outbox_schema: str, outbox_dsn
         # A web process started only the pool: no publisher task is running.
         assert container.publisher_task.initialized is False
     finally:
-        await container.shutdown_resources()
+        await stop(container)
         container.unwire()
 
 
@@ -119,7 +119,7 @@ async def test_override_publisher_and_run_the_workers(outbox_schema: str, outbox
             await asyncio.sleep(0.01)
         assert sorted(e.event_id for e in fake.published) == sorted(ids)
     finally:
-        await container.shutdown_resources()
+        await stop(container)
         container.publisher.reset_override()
     assert not relay.running
 
@@ -131,4 +131,4 @@ async def test_publisher_disabled_starts_no_task(outbox_schema: str, outbox_dsn:
         await start(container)
         assert await container.publisher_task() is None
     finally:
-        await container.shutdown_resources()
+        await stop(container)
