@@ -7,13 +7,14 @@ variables. Exit codes: 0 success, 1 drift found, 2 bad usage or an error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
 import sys
 from collections.abc import Sequence
 
-from outbox_di import database, errors, schema
+from outbox_di import config, database, errors, operations, schema
 
 
 def _add_schema(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +63,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="machine-readable output")
 
+    status = commands.add_parser(
+        "status", help="pending, in flight, failing, dead and oldest age per event type"
+    )
+    _add_schema_dsn(status)
+    status.add_argument(
+        "--lock-ttl", default="30s", help="leases younger than this count as in flight (30s)"
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    dead = commands.add_parser("dead", help="list, retry or discard dead-lettered events")
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+    dead_list = dead_commands.add_parser("list", help="dead events, oldest first")
+    _add_schema_dsn(dead_list)
+    _add_table(dead_list)
+    dead_list.add_argument("--event-type", help="only this event type")
+    dead_list.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    dead_list.add_argument("--json", action="store_true", help="machine-readable output")
+    for action, text in (
+        ("retry", "make dead events pending again (attempts reset)"),
+        ("discard", "delete dead events"),
+    ):
+        sub = dead_commands.add_parser(action, help=text)
+        _add_schema_dsn(sub)
+        _add_table(sub)
+        chosen = sub.add_mutually_exclusive_group(required=True)
+        chosen.add_argument("--all", action="store_true", help="every dead event")
+        chosen.add_argument("--event-type", help="the dead events of this type")
+        chosen.add_argument("--id", action="append", dest="ids", help="this event (repeatable)")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+
+    purge = commands.add_parser(
+        "purge", help="delete published/processed rows older than a duration, in batches"
+    )
+    _add_schema_dsn(purge)
+    _add_table(purge)
+    purge.add_argument("--older-than", required=True, help="a duration: 7d, 12h, 30m")
+    purge.add_argument("--batch-size", type=int, default=1000, help="rows per batch (1000)")
+    purge.add_argument("--json", action="store_true", help="machine-readable output")
+
     commands.add_parser("demo", help="a short end-to-end run on an embedded or local PostgreSQL")
 
     worker = commands.add_parser(
@@ -76,6 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="a settings file with an [outbox] table (repeatable; default settings.toml)",
     )
     return parser
+
+
+def _add_schema_dsn(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--schema",
+        default=os.environ.get("OUTBOX_SCHEMA"),
+        help="service schema name (default: $OUTBOX_SCHEMA)",
+    )
+    _add_dsn(parser)
+
+
+def _add_table(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--inbox",
+        dest="table",
+        action="store_const",
+        const="inbox",
+        default="outbox",
+        help="act on the inbox table (default: the outbox)",
+    )
 
 
 class UsageError(Exception):
@@ -188,6 +248,140 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if differences else 0
 
 
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+def _duration(value: str, flag: str) -> float:
+    try:
+        return config.parse_duration(value, flag)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _status(args: argparse.Namespace) -> int:
+    name = _schema_arg(args)
+    dsn = _require(args.dsn, "--dsn", "OUTBOX_DSN")
+    with database.connect(dsn) as conn:
+        rows = operations.status(conn, name, lock_ttl=_duration(args.lock_ttl, "--lock-ttl"))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"schema {name!r}: nothing pending, nothing dead")
+        return 0
+    header = (
+        "table",
+        "consumer",
+        "event type",
+        "pending",
+        "in flight",
+        "failing",
+        "dead",
+        "oldest pending",
+    )
+    lines = [header] + [
+        (
+            row.table,
+            row.consumer or "-",
+            row.event_type,
+            str(row.pending),
+            str(row.in_flight),
+            str(row.failing),
+            str(row.dead),
+            _age(row.oldest_pending_age_s),
+        )
+        for row in rows
+    ]
+    _print_table(lines)
+    return 0
+
+
+def _print_table(lines: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+def _dead(args: argparse.Namespace) -> int:
+    name = _schema_arg(args)
+    dsn = _require(args.dsn, "--dsn", "OUTBOX_DSN")
+    with database.connect(dsn) as conn:
+        if args.dead_command == "list":
+            dead = operations.dead_list(
+                conn, name, args.table, event_type=args.event_type, limit=args.limit
+            )
+            if args.json:
+                print(json.dumps([dataclasses.asdict(r) for r in dead], indent=2, default=str))
+            elif not dead:
+                print(f"no dead {args.table} events in schema {name!r}")
+            else:
+                lines = [
+                    ("event id", "consumer", "event type", "aggregate", "attempts", "last error")
+                ] + [
+                    (
+                        r.event_id,
+                        r.consumer or "-",
+                        r.event_type,
+                        f"{r.aggregate_type}:{r.aggregate_id}",
+                        str(r.delivery_attempts),
+                        (r.last_error or "")[:80],
+                    )
+                    for r in dead
+                ]
+                _print_table(lines)
+            return 0
+        action = operations.dead_retry if args.dead_command == "retry" else operations.dead_discard
+        changed = action(
+            conn,
+            name,
+            args.table,
+            select_all=args.all,
+            event_type=args.event_type,
+            event_ids=args.ids or (),
+        )
+    verb = "made pending again" if args.dead_command == "retry" else "discarded"
+    if args.json:
+        print(json.dumps({"table": args.table, "action": args.dead_command, "count": changed}))
+    else:
+        print(f"{changed} dead {args.table} event(s) {verb}")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    name = _schema_arg(args)
+    dsn = _require(args.dsn, "--dsn", "OUTBOX_DSN")
+    older_than = _duration(args.older_than, "--older-than")
+    interactive = sys.stderr.isatty() and not args.json
+
+    def progress(total: int) -> None:
+        if interactive:
+            print(f"\rpurging {args.table}: {total} rows deleted", end="", file=sys.stderr)
+
+    with database.connect(dsn) as conn:
+        total = operations.purge(
+            conn,
+            name,
+            args.table,
+            older_than=older_than,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+    if interactive:
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps({"table": args.table, "deleted": total}))
+    else:
+        state = "published" if args.table == "outbox" else "processed"
+        print(f"purged {total} {state} {args.table} row(s) older than {args.older_than}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from outbox_di import demo
 
@@ -206,6 +400,9 @@ _COMMANDS = {
     "check": _check,
     "demo": _demo,
     "worker": _worker,
+    "status": _status,
+    "dead": _dead,
+    "purge": _purge,
 }
 
 
