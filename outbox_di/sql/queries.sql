@@ -332,3 +332,120 @@ LISTEN {{inbox_channel}};
 SELECT pg_terminate_backend(pid)
 FROM pg_stat_activity
 WHERE application_name = %(application_name)s AND pid <> pg_backend_pid();
+
+-- name: inbox_pending_stats
+-- The inbox worker's backlog gauges: pending rows of one consumer and the oldest one's age.
+SELECT count(*), min(created_at)
+FROM {{schema}}.inbox_events
+WHERE consumer = %(consumer)s AND status = 'pending';
+
+-- name: outbox_status
+-- Operator view (`outbox-di status`): counts per event type; in flight = pending with a live lease.
+SELECT CAST(NULL AS text) AS consumer,
+       event_type,
+       count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (
+           WHERE status = 'pending' AND locked_at >= CAST(%(stale_before)s AS timestamptz)
+       ) AS in_flight,
+       count(*) FILTER (WHERE status = 'pending' AND last_error IS NOT NULL) AS failing,
+       count(*) FILTER (WHERE status = 'dead') AS dead,
+       min(created_at) FILTER (WHERE status = 'pending') AS oldest_pending
+FROM {{schema}}.outbox_events
+WHERE status IN ('pending', 'dead')
+GROUP BY event_type
+ORDER BY event_type;
+
+-- name: inbox_status
+SELECT consumer,
+       event_type,
+       count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (
+           WHERE status = 'pending' AND locked_at >= CAST(%(stale_before)s AS timestamptz)
+       ) AS in_flight,
+       count(*) FILTER (WHERE status = 'pending' AND last_error IS NOT NULL) AS failing,
+       count(*) FILTER (WHERE status = 'dead') AS dead,
+       min(created_at) FILTER (WHERE status = 'pending') AS oldest_pending
+FROM {{schema}}.inbox_events
+WHERE status IN ('pending', 'dead')
+GROUP BY consumer, event_type
+ORDER BY consumer, event_type;
+
+-- name: outbox_dead_list
+SELECT CAST(NULL AS text) AS consumer, CAST(event_id AS text), event_type, aggregate_type,
+       aggregate_id, delivery_attempts, last_error, created_at
+FROM {{schema}}.outbox_events
+WHERE status = 'dead'
+  AND (CAST(%(event_type)s AS text) IS NULL OR event_type = %(event_type)s)
+ORDER BY seq
+LIMIT CAST(%(limit)s AS integer);
+
+-- name: inbox_dead_list
+SELECT consumer, event_id, event_type, aggregate_type, aggregate_id, delivery_attempts,
+       last_error, created_at
+FROM {{schema}}.inbox_events
+WHERE status = 'dead'
+  AND (CAST(%(event_type)s AS text) IS NULL OR event_type = %(event_type)s)
+ORDER BY seq
+LIMIT CAST(%(limit)s AS integer);
+
+-- name: outbox_dead_retry
+-- Dead rows chosen by --all, --event-type or --id become pending again with a fresh count.
+UPDATE {{schema}}.outbox_events
+SET status = 'pending', available_at = now(), delivery_attempts = 0,
+    lock_token = NULL, locked_at = NULL
+WHERE status = 'dead'
+  AND (
+      CAST(%(all)s AS boolean)
+      OR event_type = CAST(%(event_type)s AS text)
+      OR CAST(event_id AS text) = ANY(CAST(%(event_ids)s AS text[]))
+  );
+
+-- name: inbox_dead_retry
+UPDATE {{schema}}.inbox_events
+SET status = 'pending', available_at = now(), delivery_attempts = 0,
+    lock_token = NULL, locked_at = NULL
+WHERE status = 'dead'
+  AND (
+      CAST(%(all)s AS boolean)
+      OR event_type = CAST(%(event_type)s AS text)
+      OR event_id = ANY(CAST(%(event_ids)s AS text[]))
+  );
+
+-- name: outbox_dead_discard
+DELETE FROM {{schema}}.outbox_events
+WHERE status = 'dead'
+  AND (
+      CAST(%(all)s AS boolean)
+      OR event_type = CAST(%(event_type)s AS text)
+      OR CAST(event_id AS text) = ANY(CAST(%(event_ids)s AS text[]))
+  );
+
+-- name: inbox_dead_discard
+DELETE FROM {{schema}}.inbox_events
+WHERE status = 'dead'
+  AND (
+      CAST(%(all)s AS boolean)
+      OR event_type = CAST(%(event_type)s AS text)
+      OR event_id = ANY(CAST(%(event_ids)s AS text[]))
+  );
+
+-- name: outbox_purge_batch
+-- One bounded batch of published rows older than the cut-off (index outbox_events_published_idx).
+DELETE FROM {{schema}}.outbox_events
+WHERE event_id IN (
+    SELECT event_id
+    FROM {{schema}}.outbox_events
+    WHERE status = 'published' AND published_at < CAST(%(before)s AS timestamptz)
+    ORDER BY published_at
+    LIMIT CAST(%(limit)s AS integer)
+);
+
+-- name: inbox_purge_batch
+DELETE FROM {{schema}}.inbox_events
+WHERE (consumer, event_id) IN (
+    SELECT consumer, event_id
+    FROM {{schema}}.inbox_events
+    WHERE status = 'processed' AND processed_at < CAST(%(before)s AS timestamptz)
+    ORDER BY processed_at
+    LIMIT CAST(%(limit)s AS integer)
+);

@@ -127,7 +127,7 @@ async def test_inbox_dead_retry(
     [row] = json.loads(out)
     assert (row["consumer"], row["event_id"], row["table"]) == ("b", "x1", "inbox")
     code, out = _run(capsys, "dead", "retry", *base, "--all")
-    assert out.strip() == "1 dead inbox event(s) made pending again"
+    assert (code, out.strip()) == (0, "1 dead inbox event(s) made pending again")
     assert await inbox_repository.count_pending("b") == 1
 
 
