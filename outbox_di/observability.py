@@ -161,3 +161,63 @@ def log_extra(**fields: Any) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"not a log field of the contract: {sorted(unknown)}")
     return fields
+
+
+class InboxMetrics:
+    """The inbox receiver's and worker's instruments for one schema and consumer."""
+
+    def __init__(
+        self, meter: Meter | None, schema: str, consumer: str, *, enabled: bool = True
+    ) -> None:
+        self.enabled = enabled
+        self.attributes = _Attributes({"schema": schema, "consumer": consumer})
+        self.consumer_attributes = {"schema": schema, "consumer": consumer}
+        if not enabled:
+            return
+        m = get_meter(meter)
+        self.success = m.create_counter(
+            INBOX_SUCCESS, unit="1", description="Inbox events processed by their handler"
+        )
+        self.failure = m.create_counter(
+            INBOX_FAILURE, unit="1", description="Failed handler runs (retried or dead)"
+        )
+        self.latency = m.create_histogram(
+            INBOX_LATENCY, unit="ms", description="Handler run time, per event"
+        )
+        self.pending = m.create_gauge(
+            INBOX_PENDING, unit="1", description="Inbox rows not yet processed nor dead"
+        )
+        self.duplicate = m.create_counter(
+            INBOX_DUPLICATE, unit="1", description="Deliveries of an event already in the inbox"
+        )
+        self.dead = m.create_counter(
+            INBOX_DEAD, unit="1", description="Inbox events parked as dead"
+        )
+        self.oldest_pending_age = m.create_gauge(
+            INBOX_OLDEST_PENDING_AGE, unit="ms", description="Age of the oldest pending inbox row"
+        )
+
+    def processed(self, event_type: str, count: int = 1) -> None:
+        if self.enabled:
+            self.success.add(count, self.attributes(event_type))
+
+    def failed(self, event_type: str, count: int = 1) -> None:
+        if self.enabled:
+            self.failure.add(count, self.attributes(event_type))
+
+    def dead_lettered(self, event_type: str, count: int = 1) -> None:
+        if self.enabled:
+            self.dead.add(count, self.attributes(event_type))
+
+    def duplicates(self, event_type: str, count: int) -> None:
+        if self.enabled and count:
+            self.duplicate.add(count, self.attributes(event_type))
+
+    def record_latency(self, latency_ms: float, event_type: str) -> None:
+        if self.enabled:
+            self.latency.record(latency_ms, self.attributes(event_type))
+
+    def set_backlog(self, pending: int, oldest_age_ms: float) -> None:
+        if self.enabled:
+            self.pending.set(pending, self.consumer_attributes)
+            self.oldest_pending_age.set(oldest_age_ms, self.consumer_attributes)

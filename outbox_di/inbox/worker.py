@@ -1,0 +1,546 @@
+"""``InboxWorker``: claim due inbox rows, run the handler registered for each, mark the result.
+
+``InboxWorker`` runs ``inbox.workers`` loops on one event loop. Each loop:
+
+1. claims up to ``inbox.batch_size`` due rows of its consumer with a fresh lock token (a lease
+   of ``inbox.lock_ttl``: a row leased by a dead worker is due again after it);
+2. runs the handlers, events of different ordering keys concurrently and events of the same
+   key one after the other, each within ``inbox.handler_timeout``;
+3. marks the successes of plain handlers processed in one statement, fenced by the token;
+4. records a failure (exception or timeout) with capped exponential backoff from
+   ``inbox.retry_delay``, and parks the row as dead after ``inbox.max_attempts``; an event type
+   with no handler (and no ``"*"`` default) is parked at once.
+
+A handler that takes a second parameter is *transactional*: it runs inside a transaction on the
+pool, gets the aiopg cursor as ``session``, and ``processed_at`` is written in that same
+transaction, so its own writes happen exactly once (DESIGN §2 invariant 5).
+
+An idle loop sleeps until a NOTIFY from the inbox insert trigger arrives or ``poll_interval``
+passes. ``stop()`` lets in-flight batches finish within its timeout, then cancels them and gives
+the leases back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import inspect
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import psycopg2
+from opentelemetry import trace
+from opentelemetry.metrics import Meter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from outbox_di import config as config_module
+from outbox_di import errors, models, observability
+from outbox_di.publishing import backoff
+from outbox_di.repository import InboxRepository
+
+Handler = Callable[..., Awaitable[None]]
+DEFAULT_HANDLER = "*"
+_MAX_OUTAGE_BACKOFF = 30.0
+_MAX_RETRY_DELAY = 300.0
+_STATS_INTERVAL = 5.0
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class _LeaseLost(Exception):
+    """The fenced mark changed nothing: roll the handler's transaction back."""
+
+
+def is_transactional(handler: Handler) -> bool:
+    """Whether ``handler`` declares a second positional parameter (the session)."""
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(positional) >= 2
+
+
+@dataclasses.dataclass(frozen=True)
+class _Registration:
+    handler: Handler
+    transactional: bool
+
+
+@dataclasses.dataclass
+class _Claim:
+    token: uuid.UUID
+    event_ids: set[str]
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """What one event's run came to; ``done`` means already settled in the database."""
+
+    event: models.InboxEvent
+    ok: bool = False
+    done: bool = False
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class InboxWorkerStats:
+    """Counters since start, for tests, benchmarks and the demo."""
+
+    processed: int = 0
+    failed: int = 0
+    dead: int = 0
+    parked: int = 0
+    lease_lost: int = 0
+    batches: int = 0
+    outages: int = 0
+
+
+class InboxWorker:
+    """Runs handlers on the inbox of one consumer (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: config_module.OutboxConfig,
+        repository: InboxRepository,
+        handlers: Mapping[str, Handler],
+        logger: logging.Logger | None = None,
+        meter: Meter | None = None,
+        *,
+        tracer: trace.Tracer | None = None,
+        poll_interval: float = 1.0,
+        shutdown_timeout: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = config.inbox
+        self.repository = repository
+        self.consumer = config.inbox_consumer
+        self.handlers = {
+            event_type: _Registration(handler, is_transactional(handler))
+            for event_type, handler in handlers.items()
+        }
+        for event_type, registration in self.handlers.items():
+            if not callable(registration.handler):
+                raise TypeError(f"the handler for {event_type!r} is not callable")
+        self.logger = logger or observability.logger
+        self.metrics = observability.InboxMetrics(
+            meter, config.schema, self.consumer, enabled=self.settings.metrics_enabled
+        )
+        self.stats = InboxWorkerStats()
+        self._tracer = tracer or (
+            observability.get_tracer() if observability.tracing_configured() else None
+        )
+        self.poll_interval = poll_interval
+        self.shutdown_timeout = shutdown_timeout
+        self._rng = rng or random.Random()
+        self._lock_ttl = dt.timedelta(seconds=self.settings.lock_ttl)
+        self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stopping = False
+        self._workers: list[asyncio.Task[None]] = []
+        self._helpers: list[asyncio.Task[None]] = []
+        self._claims: dict[int, _Claim] = {}
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._started and any(not task.done() for task in self._workers)
+
+    async def start(self) -> None:
+        """Start the loops (and the NOTIFY listener); returns at once."""
+        if self._started:
+            raise errors.OutboxError("this InboxWorker was already started")
+        self._started = True
+        self._helpers.append(asyncio.create_task(self._listen(), name="inbox-listen"))
+        if self.metrics.enabled:
+            self._helpers.append(asyncio.create_task(self._report_backlog(), name="inbox-stats"))
+        self._workers = [
+            asyncio.create_task(self._run(number), name=f"inbox-worker-{number}")
+            for number in range(self.settings.workers)
+        ]
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Drain: finish in-flight batches within ``timeout`` (``shutdown_timeout``), then
+        cancel what is left and release its leases."""
+        deadline = self.shutdown_timeout if timeout is None else timeout
+        self._stopping = True
+        self._stop_requested.set()
+        self._notify()
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=deadline)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        for task in self._helpers:
+            task.cancel()
+        for task in self._helpers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._release_leftovers()
+
+    async def __aenter__(self) -> InboxWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _release_leftovers(self) -> None:
+        claims = list(self._claims.values())
+        self._claims.clear()
+        for claim in claims:
+            if not claim.event_ids:
+                continue
+            try:
+                await self.repository.release(self.consumer, claim.event_ids, claim.token)
+            except errors.DatabaseError:
+                self.logger.warning(
+                    "could not release %d leased inbox rows on stop; they are due again after "
+                    "lock_ttl (%.0fs)",
+                    len(claim.event_ids),
+                    self.settings.lock_ttl,
+                )
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _run(self, number: int) -> None:
+        outages = 0
+        while not self._stopping:
+            wake = self._wake
+            try:
+                claimed = await self.run_once(number)
+            except errors.DatabaseError as exc:
+                outages += 1
+                self.stats.outages += 1
+                delay = backoff.retry_delay(
+                    outages,
+                    initial=min(self.poll_interval, 1.0),
+                    maximum=_MAX_OUTAGE_BACKOFF,
+                    multiplier=2.0,
+                    jitter=0.2,
+                    rng=self._rng,
+                )
+                self.logger.warning(
+                    "inbox worker %d: database unavailable (%s); retrying in %.1fs",
+                    number,
+                    exc,
+                    delay,
+                )
+                await self._sleep(delay)
+                continue
+            outages = 0
+            if claimed < self.settings.batch_size:
+                await self._idle(wake)
+
+    async def _idle(self, wake: asyncio.Event) -> None:
+        if self._stopping:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(wake.wait(), self.poll_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but not past stop()."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+
+    def _notify(self) -> None:
+        """Wake every idle loop; the next waiters get a fresh event."""
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def run_once(self, number: int = 0) -> int:
+        """One claim → handle → mark cycle; returns how many rows were claimed."""
+        token = uuid.uuid4()
+        now = models.utcnow()
+        events = await self.repository.claim(
+            self.consumer, now, now - self._lock_ttl, self.settings.batch_size, token
+        )
+        if not events:
+            return 0
+        claim = _Claim(token, {event.event_id for event in events})
+        self._claims[number] = claim
+        self.stats.batches += 1
+
+        # Same ordering key: one after the other, in claim (seq) order; the rest concurrently.
+        groups: dict[str, list[models.InboxEvent]] = {}
+        for event in events:
+            key = f"k:{event.ordering_key}" if event.ordering_key else f"e:{event.event_id}"
+            groups.setdefault(key, []).append(event)
+        results = await asyncio.gather(
+            *(self._run_group(token, group) for group in groups.values()),
+            return_exceptions=True,
+        )
+        outcomes: list[_Outcome] = []
+        failure: BaseException | None = None
+        for result in results:
+            if isinstance(result, BaseException):
+                failure = failure or result
+            else:
+                outcomes.extend(result)
+
+        succeeded = [o.event for o in outcomes if o.ok and not o.done]
+        if succeeded:
+            changed = await self.repository.mark_processed(
+                self.consumer, [e.event_id for e in succeeded], token, models.utcnow()
+            )
+            self._count_processed(number, succeeded, changed)
+        for outcome in outcomes:
+            claim.event_ids.discard(outcome.event.event_id)
+        if failure is not None:
+            # Settling failed (the database, most likely): what is left is due again after
+            # lock_ttl, or released by stop().
+            raise failure
+        self._claims.pop(number, None)
+        return len(events)
+
+    def _count_processed(
+        self, number: int, events: Sequence[models.InboxEvent], changed: int
+    ) -> None:
+        self.stats.processed += changed
+        if changed < len(events):
+            lost = len(events) - changed
+            self.stats.lease_lost += lost
+            self.logger.warning(
+                "inbox worker %d: lease lost on %d of %d handled events (another worker took "
+                "them after lock_ttl); their handlers may run again",
+                number,
+                lost,
+                len(events),
+            )
+        if self.metrics.enabled and changed == len(events):
+            counts: dict[str, int] = {}
+            for event in events:
+                counts[event.event_type] = counts.get(event.event_type, 0) + 1
+            for event_type, count in counts.items():
+                self.metrics.processed(event_type, count)
+
+    async def _run_group(
+        self, token: uuid.UUID, events: Sequence[models.InboxEvent]
+    ) -> list[_Outcome]:
+        return [await self._handle(token, event) for event in events]
+
+    def _registration(self, event_type: str) -> _Registration | None:
+        return self.handlers.get(event_type) or self.handlers.get(DEFAULT_HANDLER)
+
+    async def _handle(self, token: uuid.UUID, event: models.InboxEvent) -> _Outcome:
+        registration = self._registration(event.event_type)
+        if registration is None:
+            await self._park(token, event)
+            return _Outcome(event, done=True)
+        started = time.perf_counter()
+        outcome = _Outcome(event)
+        span = self._start_span(event)
+        try:
+            with contextlib.ExitStack() as stack:
+                if span is not None:
+                    stack.enter_context(trace.use_span(span, end_on_exit=True))
+                try:
+                    if registration.transactional:
+                        await self._run_transactional(registration.handler, token, event)
+                        outcome.done = True
+                    else:
+                        await asyncio.wait_for(
+                            registration.handler(event), self.settings.handler_timeout
+                        )
+                    outcome.ok = True
+                except _LeaseLost:
+                    outcome.done = True
+                    if span is not None:
+                        span.set_attribute("outbox.lease_lost", True)
+                except asyncio.TimeoutError:
+                    outcome.error = (
+                        f"handler timed out after {self.settings.handler_timeout:g}s"
+                    )
+                    if span is not None:
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.error))
+                except Exception as exc:  # a failing handler must not stop the loop
+                    outcome.error = f"{type(exc).__name__}: {exc}"
+                    if span is not None:
+                        span.record_exception(exc)
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.error))
+        finally:
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            self.metrics.record_latency(latency_ms, event.event_type)
+        if outcome.error is not None:
+            await self._handle_failure(token, event, outcome.error)
+            outcome.done = True
+        return outcome
+
+    async def _run_transactional(
+        self, handler: Handler, token: uuid.UUID, event: models.InboxEvent
+    ) -> None:
+        """Run ``handler(event, cursor)`` and mark the row processed in one transaction."""
+        pool: Any = self.repository.pool
+        try:
+            async with pool.acquire() as conn, conn.cursor() as cursor, cursor.begin():
+                await asyncio.wait_for(handler(event, cursor), self.settings.handler_timeout)
+                changed = await self.repository.mark_processed(
+                    self.consumer, [event.event_id], token, models.utcnow(), session=cursor
+                )
+                if changed == 0:
+                    raise _LeaseLost
+        except _LeaseLost:
+            self.stats.lease_lost += 1
+            self.logger.warning(
+                "inbox event %s: lease lost (another worker took it after lock_ttl); the "
+                "handler's transaction was rolled back",
+                event.event_id,
+                extra=observability.log_extra(event_id=event.event_id),
+            )
+            raise
+        self.stats.processed += 1
+        self.metrics.processed(event.event_type)
+
+    async def _park(self, token: uuid.UUID, event: models.InboxEvent) -> None:
+        error = f"no handler registered for event type {event.event_type!r}"
+        changed = await self.repository.mark_dead(self.consumer, event.event_id, token, error)
+        if changed:
+            self.stats.parked += 1
+            self.stats.dead += 1
+            self.metrics.dead_lettered(event.event_type)
+        self.logger.error(
+            "inbox event %s parked: %s",
+            event.event_id,
+            error,
+            extra=observability.log_extra(
+                event_id=event.event_id, aggregate_id=event.aggregate_id
+            ),
+        )
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds before attempt ``attempt + 1``: ``retry_delay`` doubled per attempt, capped."""
+        initial = self.settings.retry_delay
+        return backoff.retry_delay(
+            attempt,
+            initial=initial,
+            maximum=max(initial, _MAX_RETRY_DELAY),
+            multiplier=2.0,
+            jitter=0.1,
+            rng=self._rng,
+        )
+
+    async def _handle_failure(self, token: uuid.UUID, event: models.InboxEvent, error: str) -> None:
+        attempt = event.delivery_attempts
+        self.stats.failed += 1
+        self.metrics.failed(event.event_type)
+        extra = observability.log_extra(
+            event_id=event.event_id, aggregate_id=event.aggregate_id, attempt=attempt
+        )
+        if attempt >= self.settings.max_attempts:
+            changed = await self.repository.mark_dead(
+                self.consumer, event.event_id, token, f"{error} (dead after {attempt} attempts)"
+            )
+            if changed:
+                self.stats.dead += 1
+                self.metrics.dead_lettered(event.event_type)
+            self.logger.error(
+                "inbox event %s dead after %d attempts: %s",
+                event.event_id,
+                attempt,
+                error,
+                extra=extra,
+            )
+            return
+        delay = self.retry_delay(attempt)
+        await self.repository.record_error(
+            self.consumer,
+            event.event_id,
+            token,
+            models.utcnow() + dt.timedelta(seconds=delay),
+            error,
+        )
+        self.logger.warning(
+            "inbox event %s failed (attempt %d), retrying in %.1fs: %s",
+            event.event_id,
+            attempt,
+            delay,
+            error,
+            extra=extra,
+        )
+
+    def _start_span(self, event: models.InboxEvent) -> trace.Span | None:
+        """A CONSUMER span whose parent is the trace active at enqueue (``traceparent``)."""
+        if self._tracer is None:
+            return None
+        parent = _PROPAGATOR.extract(carrier=event.headers)
+        return self._tracer.start_span(
+            observability.SPAN_HANDLE,
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "gcp_pubsub",
+                "messaging.message.id": event.message_id or "",
+                "outbox.event_id": event.event_id,
+                "outbox.event_type": event.event_type,
+                "outbox.schema": self.config.schema,
+                "outbox.consumer": self.consumer,
+                "outbox.attempt": event.delivery_attempts,
+            },
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Hold a LISTEN connection; every notification wakes the idle loops."""
+        sql = self.repository.queries["listen_inbox"].sql
+        failures = 0
+        while not self._stopping:
+            try:
+                pool: Any = self.repository.pool
+                async with pool.acquire() as conn:
+                    async with conn.cursor() as cursor:
+                        await cursor.execute(sql)
+                    failures = 0
+                    # Rows committed while we were not listening are found by this wake-up.
+                    self._notify()
+                    while not self._stopping:
+                        await conn.notifies.get()
+                        self._notify()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection lost: the poll covers us meanwhile
+                failures += 1
+                delay = backoff.retry_delay(
+                    failures, initial=0.5, maximum=_MAX_OUTAGE_BACKOFF, multiplier=2.0, jitter=0.2
+                )
+                self.logger.warning(
+                    "inbox LISTEN connection lost (%s); retrying in %.1fs", exc, delay
+                )
+                await self._sleep(delay)
+
+    async def pending_stats(self) -> tuple[int, dt.datetime | None]:
+        """Pending rows of this consumer and the oldest one's ``created_at``."""
+        pool: Any = self.repository.pool
+        sql = self.repository.queries["inbox_pending_stats"].sql
+        try:
+            async with pool.acquire() as conn, conn.cursor() as cursor:
+                await cursor.execute(sql, {"consumer": self.consumer})
+                row = await cursor.fetchone()
+        except psycopg2.Error as exc:
+            raise errors.DatabaseError(f"inbox_pending_stats failed: {exc}".strip()) from exc
+        return int(row[0]), row[1]
+
+    async def _report_backlog(self) -> None:
+        while not self._stopping:
+            try:
+                pending, oldest = await self.pending_stats()
+                age_ms = 0.0
+                if oldest is not None:
+                    age_ms = max(0.0, (models.utcnow() - oldest).total_seconds() * 1000.0)
+                self.metrics.set_backlog(pending, age_ms)
+            except errors.DatabaseError as exc:
+                self.logger.debug("inbox backlog gauge not updated: %s", exc)
+            await self._sleep(_STATS_INTERVAL)

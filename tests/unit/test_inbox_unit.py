@@ -1,0 +1,129 @@
+"""Inbox pieces without I/O: message mapping, names, handler kinds, backoff, flow control."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from google.pubsub_v1.types import PubsubMessage
+
+from outbox_di import config, errors, models
+from outbox_di.inbox import receiver, worker
+
+
+def _config(**inbox: Any) -> config.OutboxConfig:
+    return config.OutboxConfig.from_mapping(
+        {
+            "schema": "svc",
+            "dsn": "postgresql://x@127.0.0.1/x",
+            "publisher": {"enabled": False},
+            "inbox": inbox,
+        }
+    )
+
+
+def test_attributes_become_columns_and_the_rest_headers() -> None:
+    pb = PubsubMessage.pb()(
+        data=b"{}",
+        message_id="123",
+        ordering_key="k1",
+        attributes={
+            "event_id": "e-1",
+            "event_type": "order.placed",
+            "aggregate_type": "order",
+            "aggregate_id": "o-9",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        },
+    )
+    message = receiver.to_received(pb)
+    assert message == models.ReceivedMessage(
+        event_id="e-1",
+        event_type="order.placed",
+        payload=b"{}",
+        headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        message_id="123",
+        aggregate_type="order",
+        aggregate_id="o-9",
+        ordering_key="k1",
+    )
+
+
+def test_missing_event_id_and_type_fall_back() -> None:
+    message = receiver.to_received(PubsubMessage.pb()(data=b"x", message_id="77"))
+    assert message.event_id == "77"
+    assert message.event_type == receiver.UNKNOWN_EVENT_TYPE == "unknown"
+    assert message.ordering_key is None and message.headers == {}
+
+
+def test_subscription_names_resolve_like_topics() -> None:
+    full = "projects/p/subscriptions/s"
+    assert receiver.resolve_subscription(full, None) == full
+    assert receiver.resolve_subscription("s", "p") == full
+    with pytest.raises(errors.ConfigError, match="no project is known"):
+        receiver.resolve_subscription("s", None)
+
+
+def test_receiver_needs_a_subscription_and_uses_the_schema_as_consumer() -> None:
+    with pytest.raises(errors.ConfigError, match=r"inbox\.subscription"):
+        receiver.InboxReceiver(_config(), repository=None)  # type: ignore[arg-type]
+    made = receiver.InboxReceiver(
+        _config(subscription="projects/proj/subscriptions/sub"),
+        repository=None,  # type: ignore[arg-type]
+    )
+    assert made.consumer == "svc"
+    assert made.subscription == "projects/proj/subscriptions/sub"
+
+
+async def _plain(event: models.InboxEvent) -> None:
+    return None
+
+
+async def _transactional(event: models.InboxEvent, session: Any) -> None:
+    return None
+
+
+class _Handlers:
+    async def method(self, event: models.InboxEvent) -> None:
+        return None
+
+    async def method_with_session(self, event: models.InboxEvent, session: Any) -> None:
+        return None
+
+
+def test_a_second_parameter_makes_a_handler_transactional() -> None:
+    assert not worker.is_transactional(_plain)
+    assert worker.is_transactional(_transactional)
+    handlers = _Handlers()
+    assert not worker.is_transactional(handlers.method)
+    assert worker.is_transactional(handlers.method_with_session)
+
+
+def test_retry_delay_doubles_and_is_capped() -> None:
+    made = worker.InboxWorker(
+        _config(retry_delay="1s"), repository=None, handlers={}  # type: ignore[arg-type]
+    )
+    delays = [made.retry_delay(attempt) for attempt in (1, 2, 3, 20)]
+    assert 0.9 <= delays[0] <= 1.1
+    assert 1.8 <= delays[1] <= 2.2
+    assert 3.6 <= delays[2] <= 4.4
+    assert delays[3] <= 300.0
+
+
+async def test_flow_control_waits_for_room() -> None:
+    flow = receiver._FlowControl(max_messages=1500, max_bytes=100)
+    assert await flow.room() == 1000
+    flow.take(1200, 10)
+    assert await flow.room() == 300
+    flow.take(300, 0)
+    waiter = asyncio.ensure_future(flow.room())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    await flow.give_back(1000, 10)
+    assert await asyncio.wait_for(waiter, 1) == 1000
+    flow.take(0, 100)  # over max_bytes: no room until bytes are given back
+    waiter = asyncio.ensure_future(flow.room())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    await flow.give_back(0, 100)
+    assert await asyncio.wait_for(waiter, 1) == 1000
