@@ -1,9 +1,10 @@
 """The relay under chaos: concurrent writers, a worker killed mid-batch, failing publishes.
 
 Both tests run on both emulators (Google's and the in-process one): measured here, Google's
-emulator takes the 10,000-event run in ~5 s and the ordered 2,000-event run in ~6 s, so neither
-needs the in-process emulator alone. The publisher, the gRPC client and the relay are the real
-ones; the failures come from a :class:`FaultyPublisher` around the real publisher (seeded RNG).
+emulator takes the 10,000-event run in ~5 s; the ordered run is smaller on Google's emulator
+(600 events over 20 keys), whose ordered delivery slows down badly when the machine is busy.
+The publisher, the gRPC client and the relay are the real ones; the failures come from a
+:class:`FaultyPublisher` around the real publisher (seeded RNG).
 
 Delivery is at least once, so duplicates are expected only where a lease explains them: events of
 the killed worker's claim, events whose publish call was cancelled in flight (a timeout), and
@@ -44,8 +45,10 @@ def _config(schema: str, dsn: str, host: str, topic: str, **publisher: Any) -> c
         "workers": 3,
         "batch_size": 250,
         "tick_interval": "50ms",
-        "lock_ttl": "1s",
-        "publish_timeout": "500ms",
+        # Leases outlive a publish on a busy machine: a lease lost to slowness is a duplicate
+        # the test cannot tell from a bug. The killed worker's rows wait these 3 s.
+        "lock_ttl": "3s",
+        "publish_timeout": "2s",
         "shutdown_timeout": "2s",
         "max_attempts": 100,
         "backoff": {"initial": "10ms", "max": "100ms", "jitter": 0.2},
@@ -174,6 +177,7 @@ def _report_duplicates(
     return extra
 
 
+@pytest.mark.timeout(300)  # every wait inside is bounded; this only stops a wedged run
 async def test_ten_thousand_events_survive_a_killed_worker_and_failing_publishes(
     pubsub_emulator: EmulatorEndpoint,
     outbox_pool: Any,
@@ -253,6 +257,7 @@ async def test_ten_thousand_events_survive_a_killed_worker_and_failing_publishes
     )
 
 
+@pytest.mark.timeout(300)  # every wait inside is bounded; this only stops a wedged run
 async def test_ordering_holds_per_key_under_chaos(
     pubsub_emulator: EmulatorEndpoint,
     outbox_pool: Any,
@@ -262,9 +267,12 @@ async def test_ordering_holds_per_key_under_chaos(
     """Per-key ordering with 3 workers, a killed worker and 20% failing publishes: for every
     key, the first appearance of its events on the topic follows enqueue (seq) order, checked
     both by message id (the broker's publish order) and by delivery on an ordered subscription.
-    2,000 events over 50 keys."""
+    2,000 events over 50 keys (600 over 20 on Google's emulator)."""
     host = pubsub_emulator.host
-    total, key_count, writers = 2000, 50, 5
+    # Google's emulator delivers an ordered subscription slowly (DESIGN §10), and more so on a
+    # loaded machine: it gets a smaller run; the in-process one takes the full 2,000 events.
+    in_process = pubsub_emulator.emulator is not None
+    total, key_count, writers = (2000, 50, 5) if in_process else (600, 20, 4)
     per_key = total // key_count
     rng = random.Random(99)
     # Each key belongs to one writer, so a key's commit order is its enqueue order.
