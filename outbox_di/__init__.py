@@ -16,6 +16,9 @@ from outbox_di.errors import (
     SchemaNameError,
     UnsupportedSessionError,
 )
+from outbox_di.inbox.handlers import InboxHandlers
+from outbox_di.inbox.receiver import InboxReceiver
+from outbox_di.inbox.worker import InboxWorker
 from outbox_di.models import (
     InboxEvent,
     InboxStatus,
@@ -49,8 +52,11 @@ __all__ = [
     "DatabaseError",
     "InMemoryPublisher",
     "InboxEvent",
+    "InboxHandlers",
+    "InboxReceiver",
     "InboxRepository",
     "InboxStatus",
+    "InboxWorker",
     "Message",
     "MessageError",
     "NotInTransactionError",

@@ -106,8 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser(
         "worker",
-        help="run the workers (publisher task) alone, until SIGINT or SIGTERM",
+        help="run the workers (publisher task, inbox) alone, until SIGINT or SIGTERM",
         description="Reads the [outbox] table of settings.toml and OUTBOX_* variables.",
+    )
+    worker.add_argument(
+        "--handlers",
+        metavar="MODULE:NAME",
+        help="the inbox handlers (an InboxHandlers or a mapping), e.g. myservice.inbox:handlers",
     )
     worker.add_argument(
         "--settings",
@@ -391,7 +396,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from outbox_di import worker
 
-    return worker.run(args.settings)
+    return worker.run(args.settings, handlers=args.handlers)
 
 
 _COMMANDS = {

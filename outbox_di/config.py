@@ -373,6 +373,7 @@ class InboxConfig:
     retention: float = _setting(7 * 86400.0, parse_duration, _positive)
     max_messages: int = _setting(1000, _as_int, _at_least(1))
     max_bytes: int = _setting(100 * 1024 * 1024, _as_int, _at_least(1))
+    shutdown_timeout: float = _setting(10.0, parse_duration, _positive)
     metrics_enabled: bool = _setting(True, _as_bool)
 
     _rules: ClassVar[tuple[_Rule, ...]] = (_Rule(("enabled", "subscription"), _inbox_source),)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from dependency_injector import containers, providers
@@ -29,6 +29,9 @@ from opentelemetry.metrics import Meter
 
 from outbox_di import config as config_module
 from outbox_di import database, errors, observability, outbox, repository
+from outbox_di.inbox import handlers as handlers_module
+from outbox_di.inbox import receiver as receiver_module
+from outbox_di.inbox import worker as worker_module
 from outbox_di.publishing import base, pubsub, task
 
 
@@ -86,6 +89,64 @@ async def publisher_task_resource(
         await publisher_task.stop()
 
 
+@contextlib.asynccontextmanager
+async def inbox_receiver_resource(
+    settings: config_module.OutboxConfig,
+    inbox_repository: repository.InboxRepository,
+    logger: logging.Logger,
+    meter: Meter,
+) -> AsyncIterator[receiver_module.InboxReceiver | None]:
+    """The Pub/Sub → inbox receiver; ``None`` when ``inbox.enabled`` is false."""
+    if not settings.inbox.enabled:
+        yield None
+        return
+    inbox_receiver = receiver_module.InboxReceiver(settings, inbox_repository, None, logger, meter)
+    await inbox_receiver.start()
+    try:
+        yield inbox_receiver
+    finally:
+        await inbox_receiver.stop(settings.inbox.shutdown_timeout)
+
+
+@contextlib.asynccontextmanager
+async def inbox_worker_resource(
+    settings: config_module.OutboxConfig,
+    inbox_repository: repository.InboxRepository,
+    inbox_handlers: Mapping[str, handlers_module.Handler],
+    logger: logging.Logger,
+    meter: Meter,
+) -> AsyncIterator[worker_module.InboxWorker | None]:
+    """The loops that run the handlers; ``None`` when ``inbox.enabled`` is false.
+
+    An enabled inbox without handlers is a configuration error: the worker would park every
+    event it receives as having no handler.
+    """
+    if not settings.inbox.enabled:
+        yield None
+        return
+    if not inbox_handlers:
+        raise errors.ConfigError(
+            [
+                "inbox.enabled: true, but no handler is registered: pass "
+                "OutboxContainer(..., inbox_handlers=InboxHandlers({...})) or register them on "
+                "container.inbox_handlers() before start (or set inbox.enabled = false)"
+            ]
+        )
+    inbox_worker = worker_module.InboxWorker(
+        settings,
+        inbox_repository,
+        inbox_handlers,
+        logger,
+        meter,
+        shutdown_timeout=settings.inbox.shutdown_timeout,
+    )
+    await inbox_worker.start()
+    try:
+        yield inbox_worker
+    finally:
+        await inbox_worker.stop()
+
+
 _DeclarativeMeta: Any = type(containers.DeclarativeContainer)
 
 
@@ -100,8 +161,8 @@ class _OutboxContainerMeta(_DeclarativeMeta):  # type: ignore[misc]
 
 
 class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContainerMeta):
-    """Providers for the pool, repositories, publisher, publisher task, meter, logger and the
-    ``outbox`` enqueue facade (DESIGN §9 names)."""
+    """Providers for the pool, repositories, publisher, publisher task, inbox receiver, worker
+    and handlers, meter, logger and the ``outbox`` enqueue facade (DESIGN §9 names)."""
 
     config = providers.Configuration(strict=True)
     settings = providers.Singleton(build_settings, config)
@@ -126,6 +187,14 @@ class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContaine
         publisher_task_resource, settings, outbox_repository, publisher, logger, meter
     )
 
+    inbox_handlers = providers.Singleton(handlers_module.InboxHandlers)
+    inbox_receiver = WorkerResource(
+        inbox_receiver_resource, settings, inbox_repository, logger, meter
+    )
+    inbox_worker = WorkerResource(
+        inbox_worker_resource, settings, inbox_repository, inbox_handlers, logger, meter
+    )
+
     outbox = providers.Singleton(outbox.Outbox, outbox_repository, pool)
 
     def __new__(cls, **overriding: Any) -> Any:
@@ -144,7 +213,8 @@ async def start(container: Any, *, workers: bool | None = None) -> None:
     """Initialize the container's resources for this process.
 
     The pool always; with ``workers`` (default: the ``run_workers`` setting) also the
-    publisher task. Stop with :func:`stop`.
+    publisher task and, when ``inbox.enabled``, the inbox receiver and worker. Stop with
+    :func:`stop`.
     """
     settings: config_module.OutboxConfig = container.settings()
     await container.pool.init()
@@ -154,13 +224,14 @@ async def start(container: Any, *, workers: bool | None = None) -> None:
 
 
 async def stop(container: Any) -> None:
-    """Drain the publisher task (within ``publisher.shutdown_timeout``), then close the pool.
+    """Drain the workers (within their ``shutdown_timeout``), then close the pool.
 
     Use this rather than a bare ``shutdown_resources()``: dependency-injector orders a shutdown
     by direct dependencies only, and the publisher task reaches the pool through the
     repository, so one call may close the pool under a draining worker (its last batch would
-    then be published again). The singletons built on the pool (repositories, the ``outbox``
-    facade) are reset afterwards, so the same container can be started again.
+    then be published again, or its handlers run again). The singletons built on the pool
+    (repositories, the ``outbox`` facade) are reset afterwards, so the same container can be
+    started again.
     """
     try:
         await _maybe_await(container.shutdown_resources(resource_type=WorkerResource))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from outbox_di import containers, observability, settings
+from outbox_di import containers, errors, observability, settings
+from outbox_di.inbox import handlers as handlers_module
 
 
 async def serve(container: containers.OutboxContainer, stop: asyncio.Event) -> None:
@@ -20,10 +23,44 @@ async def serve(container: containers.OutboxContainer, stop: asyncio.Event) -> N
         await containers.stop(container)
 
 
-def run(settings_files: Sequence[str | os.PathLike[str]] | None = None) -> int:
+def load_handlers(reference: str) -> handlers_module.InboxHandlers:
+    """The handlers named by ``"package.module:attribute"`` (an ``InboxHandlers`` or a mapping
+    of event type to handler)."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise errors.ConfigError(
+            [f"--handlers: expected 'package.module:attribute', got {reference!r}"]
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise errors.ConfigError(
+            [f"--handlers: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?"]
+        ) from exc
+    found: Any = getattr(module, attribute, None)
+    if isinstance(found, handlers_module.InboxHandlers):
+        return found
+    if isinstance(found, Mapping):
+        return handlers_module.InboxHandlers(found)
+    raise errors.ConfigError(
+        [
+            f"--handlers: {reference!r} is {type(found).__name__}, not an InboxHandlers or a "
+            "mapping of event type to handler"
+        ]
+    )
+
+
+def run(
+    settings_files: Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    handlers: str | None = None,
+) -> int:
     """Run until SIGINT or SIGTERM; the in-flight batches drain within ``shutdown_timeout``."""
     mapping = settings.load_mapping(settings_files)
-    container = containers.OutboxContainer(config=mapping)
+    overrides: dict[str, Any] = {}
+    if handlers is not None:
+        overrides["inbox_handlers"] = load_handlers(handlers)
+    container = containers.OutboxContainer(config=mapping, **overrides)
     config = container.settings()
 
     async def main() -> None:
@@ -33,10 +70,15 @@ def run(settings_files: Sequence[str | os.PathLike[str]] | None = None) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(signum, stop.set)
         observability.logger.info("outbox-di worker started for schema %r", config.schema)
+        inbox = (
+            f"inbox of consumer {config.inbox_consumer!r} from {config.inbox.subscription!r}"
+            if config.inbox.enabled
+            else "no inbox"
+        )
         print(
             f"outbox-di worker: schema {config.schema!r}, "
-            f"{config.publisher.workers if config.publisher.enabled else 0} publisher loop(s); "
-            "stop with Ctrl-C or SIGTERM",
+            f"{config.publisher.workers if config.publisher.enabled else 0} publisher loop(s), "
+            f"{inbox}; stop with Ctrl-C or SIGTERM",
             flush=True,
         )
         await serve(container, stop)

@@ -31,7 +31,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg2
@@ -41,11 +41,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from outbox_di import config as config_module
 from outbox_di import errors, models, observability
+from outbox_di.inbox import handlers as handlers_module
 from outbox_di.publishing import backoff
 from outbox_di.repository import InboxRepository
 
-Handler = Callable[..., Awaitable[None]]
-DEFAULT_HANDLER = "*"
+Handler = handlers_module.Handler
+DEFAULT_HANDLER = handlers_module.DEFAULT_HANDLER
 _MAX_OUTAGE_BACKOFF = 30.0
 _MAX_RETRY_DELAY = 300.0
 _STATS_INTERVAL = 5.0
@@ -361,9 +362,7 @@ class InboxWorker:
                     if span is not None:
                         span.set_attribute("outbox.lease_lost", True)
                 except asyncio.TimeoutError:
-                    outcome.error = (
-                        f"handler timed out after {self.settings.handler_timeout:g}s"
-                    )
+                    outcome.error = f"handler timed out after {self.settings.handler_timeout:g}s"
                     if span is not None:
                         span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.error))
                 except Exception as exc:  # a failing handler must not stop the loop
@@ -415,9 +414,7 @@ class InboxWorker:
             "inbox event %s parked: %s",
             event.event_id,
             error,
-            extra=observability.log_extra(
-                event_id=event.event_id, aggregate_id=event.aggregate_id
-            ),
+            extra=observability.log_extra(event_id=event.event_id, aggregate_id=event.aggregate_id),
         )
 
     def retry_delay(self, attempt: int) -> float:

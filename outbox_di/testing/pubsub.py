@@ -28,7 +28,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -50,6 +51,7 @@ __all__ = [
     "EmulatorKind",
     "GoogleEmulator",
     "GoogleEmulatorError",
+    "TopicWithSubscription",
     "async_publisher_client",
     "async_subscriber_client",
     "available_kinds",
@@ -58,6 +60,7 @@ __all__ = [
     "pubsub_emulator",
     "pubsub_google_emulator",
     "pubsub_inprocess_emulator",
+    "temporary_topic",
     "wait_until_answers",
 ]
 
@@ -362,6 +365,54 @@ def async_subscriber_client(host: str) -> SubscriberAsyncClient:
     see :func:`async_publisher_client`."""
     channel = grpc.aio.insecure_channel(host, options=_CHANNEL_OPTIONS)
     return SubscriberAsyncClient(transport=SubscriberGrpcAsyncIOTransport(channel=channel))
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicWithSubscription:
+    """A topic and its one subscription, by bare ``name`` and by full resource names."""
+
+    project: str
+    name: str
+    topic: str
+    subscription: str
+
+
+@contextlib.asynccontextmanager
+async def temporary_topic(
+    host: str,
+    project: str,
+    *,
+    prefix: str = "test",
+    ordered: bool = False,
+    ack_deadline: int = 60,
+) -> AsyncIterator[TopicWithSubscription]:
+    """A fresh topic with one subscription (both named ``<prefix>-<random>``), made before
+    anything is published and deleted afterwards. Use it inside the test's event loop."""
+    name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    made = TopicWithSubscription(
+        project,
+        name,
+        f"projects/{project}/topics/{name}",
+        f"projects/{project}/subscriptions/{name}",
+    )
+    async with async_publisher_client(host) as publisher:
+        await publisher.create_topic(name=made.topic)
+    async with async_subscriber_client(host) as subscriber:
+        await subscriber.create_subscription(
+            request={
+                "name": made.subscription,
+                "topic": made.topic,
+                "enable_message_ordering": ordered,
+                "ack_deadline_seconds": ack_deadline,
+            }
+        )
+    try:
+        yield made
+    finally:
+        async with async_subscriber_client(host) as subscriber:
+            await subscriber.delete_subscription(subscription=made.subscription)
+        async with async_publisher_client(host) as publisher:
+            await publisher.delete_topic(topic=made.topic)
 
 
 # -- pytest fixtures (session-scoped, synchronous, plain values) ---------------------------------

@@ -12,9 +12,14 @@ from dependency_injector.wiring import Provide, inject
 
 from outbox_di import config, errors, models, settings
 from outbox_di.containers import OutboxContainer, start, stop
+from outbox_di.inbox.handlers import InboxHandlers
+from outbox_di.inbox.receiver import InboxReceiver
+from outbox_di.inbox.worker import InboxWorker
 from outbox_di.outbox import Outbox
 from outbox_di.publishing import base
 from outbox_di.publishing.task import PublisherTask
+from outbox_di.testing import pubsub as pubsub_testing
+from outbox_di.testing.pubsub import EmulatorEndpoint
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +137,55 @@ async def test_publisher_disabled_starts_no_task(outbox_schema: str, outbox_dsn:
         assert await container.publisher_task() is None
     finally:
         await stop(container)
+
+
+async def test_inbox_enabled_without_handlers_fails_at_start(
+    outbox_schema: str, outbox_dsn: str
+) -> None:
+    mapping = _mapping(outbox_schema, outbox_dsn, enabled=False)
+    mapping["inbox"] = {"enabled": True, "subscription": "projects/proj/subscriptions/orders"}
+    container = OutboxContainer(config=mapping)
+    try:
+        with pytest.raises(errors.ConfigError, match="no handler is registered"):
+            await container.inbox_worker.init()
+    finally:
+        await stop(container)
+
+
+async def test_round_trip_through_the_container(
+    outbox_schema: str, outbox_dsn: str, pubsub_emulator: EmulatorEndpoint
+) -> None:
+    """One container relays its outbox to a topic and receives that topic's subscription into
+    its own inbox, where the registered handlers run: every provider of a worker process."""
+    seen: list[models.InboxEvent] = []
+    handlers = InboxHandlers()
+
+    @handlers.on("item.created")
+    async def record(event: models.InboxEvent) -> None:
+        seen.append(event)
+
+    async with pubsub_testing.temporary_topic(
+        pubsub_emulator.host, "outbox-di-container", prefix="container"
+    ) as made:
+        mapping = _mapping(outbox_schema, outbox_dsn, topic=made.name)
+        mapping["pubsub"] = {"project": made.project, "emulator_host": pubsub_emulator.host}
+        mapping["inbox"] = {"enabled": True, "subscription": made.name, "consumer": "catalog"}
+        container = OutboxContainer(config=mapping, inbox_handlers=handlers)
+        try:
+            await start(container)
+            assert isinstance(await container.inbox_receiver(), InboxReceiver)
+            worker = await container.inbox_worker()
+            assert isinstance(worker, InboxWorker) and worker.running
+            outbox: Outbox = await container.outbox()
+            ids = await outbox.enqueue_many(
+                [models.Message("item", str(n), "item.created", {"n": n}) for n in range(10)]
+            )
+            for _ in range(1000):
+                if len(seen) >= 10:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await stop(container)
+        assert not worker.running
+    assert sorted(event.event_id for event in seen) == sorted(str(i) for i in ids)
+    assert all(event.consumer == "catalog" for event in seen)

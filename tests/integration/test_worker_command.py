@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg2 import sql
 
 from outbox_di import models, repository
-from outbox_di.testing.pubsub import EmulatorEndpoint, async_publisher_client
+from outbox_di.testing.pubsub import EmulatorEndpoint, async_publisher_client, temporary_topic
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +99,100 @@ def test_worker_with_bad_settings_exits_with_the_key_path(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "publisher.batchsize" in result.stderr
     assert "did you mean 'batch_size'" in result.stderr
+
+
+HANDLERS_MODULE = """
+from outbox_di import InboxHandlers
+
+handlers = InboxHandlers()
+
+
+@handlers.on("item.created")
+async def remember(event, session):
+    await session.execute(
+        "INSERT INTO {schema}.seen (event_id) VALUES (%s)", (event.event_id,)
+    )
+"""
+
+
+async def test_worker_runs_the_inbox_with_handlers_from_a_module(
+    outbox_pool: Any,
+    outbox_repository: repository.OutboxRepository,
+    outbox_dsn: str,
+    pubsub_inprocess_emulator: EmulatorEndpoint,
+    tmp_path: Path,
+) -> None:
+    """The worker relays its outbox to a topic whose subscription feeds its own inbox; the
+    transactional handler named by ``--handlers`` records each event once."""
+    schema = outbox_repository.schema
+    host = pubsub_inprocess_emulator.host
+    async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
+        await cursor.execute(
+            sql.SQL("CREATE TABLE {}.seen (event_id text PRIMARY KEY)").format(
+                sql.Identifier(schema)
+            )
+        )
+    (tmp_path / "service_inbox.py").write_text(HANDLERS_MODULE.replace("{schema}", schema))
+    async with temporary_topic(host, PROJECT, prefix="worker") as made:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(tmp_path),
+            "OUTBOX_SCHEMA": schema,
+            "OUTBOX_DSN": outbox_dsn,
+            "OUTBOX_PUBLISHER__TOPIC": made.name,
+            "OUTBOX_PUBLISHER__TICK_INTERVAL": "100ms",
+            "OUTBOX_PUBSUB__PROJECT": PROJECT,
+            "OUTBOX_PUBSUB__EMULATOR_HOST": host,
+            "OUTBOX_INBOX__ENABLED": "true",
+            "OUTBOX_INBOX__SUBSCRIPTION": made.name,
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "outbox_di.cli",
+            "worker",
+            "--handlers",
+            "service_inbox:handlers",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            messages = [models.Message("item", str(n), "item.created", {"n": n}) for n in range(20)]
+            async with outbox_pool.acquire() as conn, conn.cursor() as cursor, cursor.begin():
+                ids = await outbox_repository.enqueue_many(cursor, messages)
+            seen: list[str] = []
+            deadline = time.monotonic() + 30
+            while len(seen) < len(ids) and time.monotonic() < deadline:
+                assert process.returncode is None, await process.communicate()
+                await asyncio.sleep(0.1)
+                async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
+                    await cursor.execute(
+                        sql.SQL("SELECT event_id FROM {}.seen").format(sql.Identifier(schema))
+                    )
+                    seen = [row[0] for row in await cursor.fetchall()]
+            process.send_signal(signal.SIGTERM)
+            out_bytes, err_bytes = await asyncio.wait_for(process.communicate(), 20)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.communicate()
+    assert process.returncode == 0, err_bytes.decode()
+    assert "inbox of consumer" in out_bytes.decode()
+    assert sorted(seen) == sorted(str(event_id) for event_id in ids)
+
+
+def test_worker_with_unknown_handlers_module_names_the_flag(tmp_path: Path) -> None:
+    (tmp_path / "settings.toml").write_text('[outbox]\nschema = "ok"\ndsn = "postgresql://x/y"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "outbox_di.cli", "worker", "--handlers", "no_such_module:h"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--handlers: cannot import 'no_such_module'" in result.stderr

@@ -1,0 +1,79 @@
+"""``InboxHandlers``: which coroutine handles which event type.
+
+```python
+handlers = InboxHandlers()
+
+@handlers.on("item.created")
+async def record_item(event: InboxEvent) -> None: ...
+
+@handlers.on("item.deleted")
+async def forget_item(event: InboxEvent, session: Any) -> None:   # transactional
+    await session.execute("DELETE FROM ...", (...,))
+
+container = OutboxContainer(config=settings.outbox, inbox_handlers=handlers)
+```
+
+It is a read-only mapping for the worker; registration happens before the worker starts.
+``"*"`` registers the default for event types that have no handler of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+Handler = Callable[..., Awaitable[None]]
+HandlerT = TypeVar("HandlerT", bound=Handler)
+DEFAULT_HANDLER = "*"
+
+
+class InboxHandlers(Mapping[str, Handler]):
+    """Handlers by event type; one handler per type, ``"*"`` for the rest."""
+
+    def __init__(self, handlers: Mapping[str, Handler] | None = None) -> None:
+        self._handlers: dict[str, Handler] = {}
+        for event_type, handler in (handlers or {}).items():
+            self.register(event_type, handler)
+
+    def register(self, event_type: str, handler: Handler) -> None:
+        """Handle ``event_type`` with ``handler``; a second handler for one type is an error."""
+        if not isinstance(event_type, str) or not event_type:
+            raise ValueError(f"an event type must be a non-empty string, got {event_type!r}")
+        if not callable(handler):
+            raise TypeError(f"the handler for {event_type!r} is not callable: {handler!r}")
+        existing = self._handlers.get(event_type)
+        if existing is not None and existing is not handler:
+            raise ValueError(
+                f"{event_type!r} already has a handler ({_name(existing)}); one handler per "
+                "event type: call the others from it"
+            )
+        self._handlers[event_type] = handler
+
+    def on(self, *event_types: str) -> Callable[[HandlerT], HandlerT]:
+        """Decorator: ``@handlers.on("item.created", "item.updated")``."""
+        if not event_types:
+            raise ValueError('name at least one event type (or "*" for the default)')
+
+        def decorate(handler: HandlerT) -> HandlerT:
+            for event_type in event_types:
+                self.register(event_type, handler)
+            return handler
+
+        return decorate
+
+    def __getitem__(self, event_type: str) -> Handler:
+        return self._handlers[event_type]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._handlers)
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{key!r}: {_name(value)}" for key, value in self._handlers.items())
+        return f"InboxHandlers({{{inner}}})"
+
+
+def _name(handler: Any) -> str:
+    return str(getattr(handler, "__qualname__", None) or repr(handler))

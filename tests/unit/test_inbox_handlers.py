@@ -1,0 +1,47 @@
+"""InboxHandlers: registration rules and the mapping the worker reads."""
+
+from __future__ import annotations
+
+import pytest
+
+from outbox_di import models
+from outbox_di.inbox.handlers import InboxHandlers
+
+
+async def _first(event: models.InboxEvent) -> None:
+    return None
+
+
+async def _second(event: models.InboxEvent) -> None:
+    return None
+
+
+def test_decorator_registers_each_named_type_and_returns_the_handler() -> None:
+    handlers = InboxHandlers()
+    decorated = handlers.on("item.created", "item.updated")(_first)
+    assert decorated is _first
+    assert dict(handlers) == {"item.created": _first, "item.updated": _first}
+    assert len(handlers) == 2 and "item.created" in handlers
+    assert "item.created" in repr(handlers) and "_first" in repr(handlers)
+
+
+def test_built_from_a_mapping_with_a_default() -> None:
+    handlers = InboxHandlers({"*": _first, "item.created": _second})
+    assert handlers["*"] is _first and handlers["item.created"] is _second
+
+
+def test_a_second_handler_for_one_type_is_an_error_naming_both() -> None:
+    handlers = InboxHandlers({"item.created": _first})
+    handlers.register("item.created", _first)  # the same one again is harmless
+    with pytest.raises(ValueError, match=r"'item.created' already has a handler \(_first\)"):
+        handlers.register("item.created", _second)
+
+
+def test_bad_registrations_are_refused() -> None:
+    handlers = InboxHandlers()
+    with pytest.raises(ValueError, match="non-empty string"):
+        handlers.register("", _first)
+    with pytest.raises(TypeError, match="not callable"):
+        handlers.register("item.created", "not a function")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one event type"):
+        handlers.on()
