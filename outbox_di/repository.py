@@ -515,6 +515,23 @@ class InboxRepository:
         """Rows of ``consumer`` not yet processed nor dead."""
         return int(await self._db.fetch_value("inbox_count_pending", {"consumer": consumer}))
 
+    async def pending_stats(self, consumer: str) -> tuple[int, dt.datetime | None]:
+        """Pending rows of ``consumer`` and the oldest one's ``created_at`` (backlog gauges)."""
+        rows = await self._db.fetch("inbox_pending_stats", {"consumer": consumer})
+        return int(rows[0][0]), rows[0][1]
+
+    async def count_dead(self, consumer: str) -> int:
+        """Rows of ``consumer`` parked as dead (handler failed ``max_attempts`` times, or none
+        was registered); they stay until revived or discarded by an operator."""
+        return int(await self._db.fetch_value("inbox_count_dead", {"consumer": consumer}))
+
+    async def purge_processed(self, consumer: str, before: dt.datetime, limit: int) -> int:
+        """Delete up to ``limit`` rows of ``consumer`` processed before ``before``; returns how
+        many. One short statement: call it again until it returns less than ``limit``."""
+        return await self._db.change(
+            "inbox_purge_processed", {"consumer": consumer, "before": before, "limit": limit}
+        )
+
     async def get(self, consumer: str, event_id: str) -> models.InboxEvent | None:
         """One row, or ``None``."""
         rows = await self._db.fetch("inbox_get", {"consumer": consumer, "event_id": event_id})

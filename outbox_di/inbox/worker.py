@@ -18,6 +18,10 @@ transaction, so its own writes happen exactly once (DESIGN §2 invariant 5).
 An idle loop sleeps until a NOTIFY from the inbox insert trigger arrives or ``poll_interval``
 passes. ``stop()`` lets in-flight batches finish within its timeout, then cancels them and gives
 the leases back.
+
+Retention: every ``purge_interval`` the worker deletes its consumer's rows processed more than
+``inbox.retention`` ago, ``purge_batch_size`` rows per statement (each its own short
+transaction, ``SKIP LOCKED``), so the table stays small without a long lock or an operator job.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import psycopg2
 from opentelemetry import trace
 from opentelemetry.metrics import Meter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -50,6 +53,7 @@ DEFAULT_HANDLER = handlers_module.DEFAULT_HANDLER
 _MAX_OUTAGE_BACKOFF = 30.0
 _MAX_RETRY_DELAY = 300.0
 _STATS_INTERVAL = 5.0
+_PURGE_PAUSE = 0.01  # between two purge batches: let claims and inserts in
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -104,6 +108,7 @@ class InboxWorkerStats:
     lease_lost: int = 0
     batches: int = 0
     outages: int = 0
+    purged: int = 0
 
 
 class InboxWorker:
@@ -120,8 +125,12 @@ class InboxWorker:
         tracer: trace.Tracer | None = None,
         poll_interval: float = 1.0,
         shutdown_timeout: float = 10.0,
+        purge_interval: float = 60.0,
+        purge_batch_size: int = 1000,
         rng: random.Random | None = None,
     ) -> None:
+        if purge_interval <= 0 or purge_batch_size < 1:
+            raise ValueError("purge_interval must be positive and purge_batch_size at least 1")
         self.config = config
         self.settings = config.inbox
         self.repository = repository
@@ -143,6 +152,8 @@ class InboxWorker:
         )
         self.poll_interval = poll_interval
         self.shutdown_timeout = shutdown_timeout
+        self.purge_interval = purge_interval
+        self.purge_batch_size = purge_batch_size
         self._rng = rng or random.Random()
         self._lock_ttl = dt.timedelta(seconds=self.settings.lock_ttl)
         self._wake = asyncio.Event()
@@ -165,6 +176,7 @@ class InboxWorker:
             raise errors.OutboxError("this InboxWorker was already started")
         self._started = True
         self._helpers.append(asyncio.create_task(self._listen(), name="inbox-listen"))
+        self._helpers.append(asyncio.create_task(self._purge_loop(), name="inbox-purge"))
         if self.metrics.enabled:
             self._helpers.append(asyncio.create_task(self._report_backlog(), name="inbox-stats"))
         self._workers = [
@@ -374,8 +386,23 @@ class InboxWorker:
             latency_ms = (time.perf_counter() - started) * 1000.0
             self.metrics.record_latency(latency_ms, event.event_type)
         if outcome.error is not None:
-            await self._handle_failure(token, event, outcome.error)
+            await self._handle_failure(token, event, outcome.error, latency_ms)
             outcome.done = True
+        elif outcome.ok and self.logger.isEnabledFor(logging.DEBUG):
+            lag_ms = (models.utcnow() - event.created_at).total_seconds() * 1000.0
+            self.logger.debug(
+                "inbox event %s handled in %.1f ms, %.1f ms after it was recorded",
+                event.event_id,
+                latency_ms,
+                lag_ms,
+                extra=observability.log_extra(
+                    event_id=event.event_id,
+                    aggregate_id=event.aggregate_id,
+                    attempt=event.delivery_attempts,
+                    latency_ms=latency_ms,
+                    lag_ms=lag_ms,
+                ),
+            )
         return outcome
 
     async def _run_transactional(
@@ -429,12 +456,17 @@ class InboxWorker:
             rng=self._rng,
         )
 
-    async def _handle_failure(self, token: uuid.UUID, event: models.InboxEvent, error: str) -> None:
+    async def _handle_failure(
+        self, token: uuid.UUID, event: models.InboxEvent, error: str, latency_ms: float
+    ) -> None:
         attempt = event.delivery_attempts
         self.stats.failed += 1
         self.metrics.failed(event.event_type)
         extra = observability.log_extra(
-            event_id=event.event_id, aggregate_id=event.aggregate_id, attempt=attempt
+            event_id=event.event_id,
+            aggregate_id=event.aggregate_id,
+            attempt=attempt,
+            latency_ms=latency_ms,
         )
         if attempt >= self.settings.max_attempts:
             changed = await self.repository.mark_dead(
@@ -520,15 +552,38 @@ class InboxWorker:
 
     async def pending_stats(self) -> tuple[int, dt.datetime | None]:
         """Pending rows of this consumer and the oldest one's ``created_at``."""
-        pool: Any = self.repository.pool
-        sql = self.repository.queries["inbox_pending_stats"].sql
-        try:
-            async with pool.acquire() as conn, conn.cursor() as cursor:
-                await cursor.execute(sql, {"consumer": self.consumer})
-                row = await cursor.fetchone()
-        except psycopg2.Error as exc:
-            raise errors.DatabaseError(f"inbox_pending_stats failed: {exc}".strip()) from exc
-        return int(row[0]), row[1]
+        return await self.repository.pending_stats(self.consumer)
+
+    async def purge_once(self) -> int:
+        """Delete this consumer's rows processed more than ``inbox.retention`` ago, in
+        batches of ``purge_batch_size``; returns how many. Stops early when the worker stops."""
+        before = models.utcnow() - dt.timedelta(seconds=self.settings.retention)
+        total = 0
+        while True:
+            deleted = await self.repository.purge_processed(
+                self.consumer, before, self.purge_batch_size
+            )
+            total += deleted
+            self.stats.purged += deleted
+            if deleted < self.purge_batch_size or self._stopping:
+                return total
+            await asyncio.sleep(_PURGE_PAUSE)
+
+    async def _purge_loop(self) -> None:
+        while not self._stopping:
+            try:
+                purged = await self.purge_once()
+            except errors.DatabaseError as exc:
+                self.logger.warning("inbox purge failed (%s); trying again later", exc)
+            else:
+                if purged:
+                    self.logger.info(
+                        "inbox purge: %d rows of consumer %s processed more than %gs ago deleted",
+                        purged,
+                        self.consumer,
+                        self.settings.retention,
+                    )
+            await self._sleep(self.purge_interval)
 
     async def _report_backlog(self) -> None:
         while not self._stopping:

@@ -266,6 +266,25 @@ WHERE consumer = %(consumer)s
 -- name: inbox_count_pending
 SELECT count(*) FROM {{schema}}.inbox_events WHERE consumer = %(consumer)s AND status = 'pending';
 
+-- name: inbox_count_dead
+SELECT count(*) FROM {{schema}}.inbox_events WHERE consumer = %(consumer)s AND status = 'dead';
+
+-- name: inbox_purge_processed
+-- The worker's retention: one bounded batch of one consumer's processed rows older than the
+-- cut-off (index inbox_events_processed_idx). SKIP LOCKED, so two workers purging at once never
+-- wait for each other; each batch is its own short autocommitted statement.
+DELETE FROM {{schema}}.inbox_events
+WHERE (consumer, event_id) IN (
+    SELECT consumer, event_id
+    FROM {{schema}}.inbox_events
+    WHERE status = 'processed'
+      AND processed_at < CAST(%(before)s AS timestamptz)
+      AND consumer = %(consumer)s
+    ORDER BY processed_at
+    LIMIT CAST(%(limit)s AS integer)
+    FOR UPDATE SKIP LOCKED
+);
+
 -- name: inbox_get
 SELECT consumer, event_id, seq, message_id, aggregate_type, aggregate_id, event_type, payload,
        headers, ordering_key, status, created_at, available_at, processed_at, delivery_attempts,

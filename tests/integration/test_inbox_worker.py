@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 import uuid
 from collections.abc import Callable
@@ -52,9 +53,7 @@ def _message(event_type: str = "order.placed", **fields: Any) -> models.Received
     return models.ReceivedMessage(**values)
 
 
-async def _record(
-    repo: repository.InboxRepository, *messages: models.ReceivedMessage
-) -> list[str]:
+async def _record(repo: repository.InboxRepository, *messages: models.ReceivedMessage) -> list[str]:
     await repo.record_received_many(CONSUMER, messages)
     return [message.event_id for message in messages]
 
@@ -82,7 +81,13 @@ def _worker(
 
 
 _INBOX_KEYS = {
-    "lock_ttl", "max_attempts", "retry_delay", "handler_timeout", "workers", "batch_size"
+    "lock_ttl",
+    "max_attempts",
+    "retry_delay",
+    "handler_timeout",
+    "workers",
+    "batch_size",
+    "retention",
 }
 
 
@@ -159,7 +164,10 @@ async def test_handler_timeout_counts_as_failure(
         await asyncio.sleep(30)
 
     worker = _worker(
-        inbox_repository, outbox_dsn, {"order.placed": slow}, handler_timeout="100ms",
+        inbox_repository,
+        outbox_dsn,
+        {"order.placed": slow},
+        handler_timeout="100ms",
         max_attempts=2,
     )
     async with worker:
@@ -419,7 +427,10 @@ async def test_transactional_handler_timeout_rolls_back_and_the_pool_stays_usabl
         await session.execute("SELECT pg_sleep(1)")
 
     worker = _worker(
-        inbox_repository, outbox_dsn, {"order.placed": slow}, handler_timeout="200ms",
+        inbox_repository,
+        outbox_dsn,
+        {"order.placed": slow},
+        handler_timeout="200ms",
         max_attempts=1,
     )
     async with worker:
@@ -428,3 +439,54 @@ async def test_transactional_handler_timeout_rolls_back_and_the_pool_stays_usabl
     stored = await _stored(inbox_repository, event_id)
     assert stored.status is models.InboxStatus.DEAD
     assert stored.last_error == "handler timed out after 0.2s (dead after 1 attempts)"
+
+
+async def test_processed_rows_older_than_retention_are_purged_in_batches(
+    inbox_repository: repository.InboxRepository, outbox_dsn: str
+) -> None:
+    old = models.utcnow() - dt.timedelta(hours=2)
+    recent = models.utcnow() - dt.timedelta(minutes=10)
+    expired = await _record(inbox_repository, *(_message() for _ in range(7)))
+    kept = await _record(inbox_repository, *(_message() for _ in range(3)))
+    [pending] = await _record(inbox_repository, _message())
+    [dead] = await _record(inbox_repository, _message())
+    other = models.ReceivedMessage(event_id=str(uuid.uuid4()), event_type="x", payload=b"")
+    await inbox_repository.record_received_many("someone-else", [other])
+
+    token = uuid.uuid4()
+    now = models.utcnow()
+    claimed = await inbox_repository.claim(CONSUMER, now, now, 100, token)
+    assert len(claimed) == 12
+    assert await inbox_repository.mark_processed(CONSUMER, expired, token, old) == 7
+    assert await inbox_repository.mark_processed(CONSUMER, kept, token, recent) == 3
+    assert await inbox_repository.mark_dead(CONSUMER, dead, token, "parked") == 1
+    assert await inbox_repository.release(CONSUMER, [pending], token) == 1
+    other_token = uuid.uuid4()
+    await inbox_repository.claim("someone-else", now, now, 10, other_token)
+    await inbox_repository.mark_processed("someone-else", [other.event_id], other_token, old)
+    assert await inbox_repository.count_dead(CONSUMER) == 1
+    assert await inbox_repository.count_pending(CONSUMER) == 1
+
+    # The pending row has no handler here: it is parked, which shows the worker ran.
+    worker = _worker(
+        inbox_repository,
+        outbox_dsn,
+        {"order.other": _noop},
+        retention="1h",
+        purge_batch_size=3,
+        purge_interval=0.05,
+    )
+    async with worker:
+        await _until(lambda: worker.stats.purged == 7 and worker.stats.parked == 1)
+    for event_id in expired:
+        assert await inbox_repository.get(CONSUMER, event_id) is None
+    for event_id in kept:
+        assert (await _stored(inbox_repository, event_id)).status is models.InboxStatus.PROCESSED
+    assert (await _stored(inbox_repository, dead)).status is models.InboxStatus.DEAD
+    # Another consumer's rows are its own worker's business.
+    assert await inbox_repository.get("someone-else", other.event_id) is not None
+    assert await inbox_repository.count_dead(CONSUMER) == 2
+    assert await inbox_repository.count_pending(CONSUMER) == 0
+    # Purging again finds nothing: 7 rows took three statements of at most 3.
+    assert await worker.purge_once() == 0
+    assert worker.stats.purged == 7
