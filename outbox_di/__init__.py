@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Sequence
 
 from outbox_di.config import OutboxConfig
 from outbox_di.containers import OutboxContainer
@@ -37,14 +38,19 @@ from outbox_di.schema import render_ddl, validate_schema_name
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
+def load_settings(
+    settings_files: Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    section: str = "outbox",
+    env_prefix: str = "OUTBOX",
+) -> OutboxConfig:
+    """The checked configuration from ``settings.toml`` ``[outbox]`` and ``OUTBOX_*`` variables
+    (see :func:`outbox_di.settings.load_settings`)."""
     # dynaconf imports Django's settings machinery whenever Django is installed: load it only
     # for the services that read their settings through it.
-    if name == "load_settings":
-        from outbox_di.settings import load_settings
+    from outbox_di import settings
 
-        return load_settings
-    raise AttributeError(f"module 'outbox_di' has no attribute {name!r}")
+    return settings.load_settings(settings_files, section=section, env_prefix=env_prefix)
 
 
 __all__ = [
