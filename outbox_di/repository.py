@@ -408,6 +408,28 @@ class InboxRepository:
         """Record a batch in one statement; returns how many were new (the rest are duplicates)."""
         if not messages:
             return 0
+        return len(await self._insert_many(consumer, messages))
+
+    async def record_received_by_type(
+        self, consumer: str, messages: Sequence[models.ReceivedMessage]
+    ) -> dict[str, int]:
+        """Record a batch in one statement; how many were new, by event type (the receiver
+        counts duplicates per type without a statement per type)."""
+        new: dict[str, int] = {}
+        if messages:
+            for row in await self._insert_many(consumer, messages):
+                new[row[1]] = new.get(row[1], 0) + 1
+        return new
+
+    async def record_dead(self, consumer: str, message: models.ReceivedMessage, error: str) -> bool:
+        """Record ``message`` as a dead row with ``last_error = error`` (it is never handled);
+        ``False`` when its ``event_id`` was already there."""
+        values = {"consumer": consumer, "error": error, **self._received_values(message)}
+        return bool(await self._db.fetch("inbox_insert_dead", values))
+
+    async def _insert_many(
+        self, consumer: str, messages: Sequence[models.ReceivedMessage]
+    ) -> list[Row]:
         rows = [self._received_values(message) for message in messages]
         values = {
             "consumer": consumer,
@@ -420,7 +442,7 @@ class InboxRepository:
             "headers": [row["headers"] for row in rows],
             "ordering_keys": [row["ordering_key"] for row in rows],
         }
-        return len(await self._db.fetch("inbox_insert_many", values))
+        return await self._db.fetch("inbox_insert_many", values)
 
     async def claim(
         self,

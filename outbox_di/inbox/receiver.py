@@ -6,8 +6,13 @@ Google's emulator the unary pull path received ~15k msg/s against ~1.5-2k msg/s 
 pull (DESIGN §10, docs/inbox.md). Each loop:
 
 1. pulls a batch (bounded by ``inbox.max_messages`` / ``inbox.max_bytes`` outstanding);
-2. records it with one ``INSERT … ON CONFLICT DO NOTHING`` per event type (autocommitted);
+2. records it with one ``INSERT … ON CONFLICT DO NOTHING`` (autocommitted), which tells the
+   new rows from the duplicates;
 3. acknowledges the whole batch, duplicates included, once the inserts committed.
+
+A message PostgreSQL cannot store as received (a NUL character in an attribute: ``text`` and
+``jsonb`` cannot hold one) would fail its whole batch on every redelivery; it is recorded
+instead as a dead row, scrubbed, with the reason in ``last_error``, and acknowledged.
 
 When the database fails nothing is acknowledged: the batch is handed back to Pub/Sub at once
 (ack deadline 0, best effort; else it is redelivered after its deadline) and the loop backs
@@ -98,6 +103,44 @@ def make_subscriber_client(settings: config_module.OutboxConfig) -> Any:
     return SubscriberAsyncClient()
 
 
+def refusal(message: models.ReceivedMessage) -> str | None:
+    """Why PostgreSQL cannot store ``message`` as received, or None when it can."""
+    for field, value in (
+        ("event_id", message.event_id),
+        ("event_type", message.event_type),
+        ("aggregate_type", message.aggregate_type),
+        ("aggregate_id", message.aggregate_id),
+        ("ordering_key", message.ordering_key or ""),
+    ):
+        if "\x00" in value:
+            return f"{field} contains a NUL character, which PostgreSQL text cannot store"
+    for key, value in message.headers.items():
+        if "\x00" in key or "\x00" in value:
+            return (
+                f"attribute {_scrub(key)!r} contains a NUL character, which PostgreSQL jsonb "
+                "cannot store"
+            )
+    return None
+
+
+def _scrub(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
+
+
+def scrubbed(message: models.ReceivedMessage) -> models.ReceivedMessage:
+    """``message`` with every NUL character of its strings replaced by U+FFFD (the payload,
+    stored as bytes, is kept as it is)."""
+    return dataclasses.replace(
+        message,
+        event_id=_scrub(message.event_id),
+        event_type=_scrub(message.event_type),
+        aggregate_type=_scrub(message.aggregate_type),
+        aggregate_id=_scrub(message.aggregate_id),
+        ordering_key=None if message.ordering_key is None else _scrub(message.ordering_key),
+        headers={_scrub(key): _scrub(value) for key, value in message.headers.items()},
+    )
+
+
 def to_received(pb_message: Any) -> models.ReceivedMessage:
     """A ``ReceivedMessage`` from a raw ``PubsubMessage`` protobuf.
 
@@ -130,6 +173,7 @@ class ReceiverStats:
     batches: int = 0
     outages: int = 0
     ack_failures: int = 0
+    refused: int = 0
 
 
 class _FlowControl:
@@ -365,36 +409,72 @@ class InboxReceiver:
 
     async def _settle(self, received: Sequence[Any]) -> int:
         ack_ids = [item.ack_id for item in received]
-        by_type: dict[str, list[models.ReceivedMessage]] = {}
+        messages: list[models.ReceivedMessage] = []
+        refused: list[tuple[models.ReceivedMessage, str]] = []
         for item in received:
             message = to_received(item.message)
-            by_type.setdefault(message.event_type, []).append(message)
+            problem = refusal(message)
+            if problem is None:
+                messages.append(message)
+            else:
+                refused.append((scrubbed(message), problem))
         self.stats.received += len(received)
         self.stats.batches += 1
-        new_total = 0
         try:
-            # One statement per event type, so duplicates are counted by type.
-            for event_type, messages in by_type.items():
-                new = await self.repository.record_received_many(self.consumer, messages)
-                new_total += new
-                self.stats.recorded += new
-                duplicates = len(messages) - new
-                if duplicates:
-                    self.stats.duplicates += duplicates
-                    self.metrics.duplicates(event_type, duplicates)
-        except (errors.DatabaseError, errors.MessageError) as exc:
+            new_by_type = await self.repository.record_received_by_type(self.consumer, messages)
+            new_total = sum(new_by_type.values())
+            self.stats.recorded += new_total
+            if new_total < len(messages):
+                self._count_duplicates(messages, new_by_type)
+            for message, problem in refused:
+                new_total += await self._record_refused(message, problem)
+        except errors.DatabaseError:
             await self._hand_back(ack_ids)
-            if isinstance(exc, errors.DatabaseError):
-                raise
-            # A message the repository refuses cannot be fixed by a retry; it is logged and
-            # left unacknowledged, so a dead-letter policy on the subscription can take it.
+            raise
+        except errors.MessageError as exc:
+            # Not a database outage, and not fixed by retrying at once: left unacknowledged
+            # (not handed back), so it comes back only after the ack deadline and a dead-letter
+            # policy on the subscription can take it.
             self.logger.error("inbox receiver: batch refused (%s); not acknowledged", exc)
-            return new_total
+            return 0
         except Exception as exc:  # a closed pool, a lost connection outside psycopg2
             await self._hand_back(ack_ids)
             raise errors.DatabaseError(f"recording the batch failed: {exc!r}") from exc
         await self._acknowledge(ack_ids)
         return new_total
+
+    def _count_duplicates(
+        self, messages: Sequence[models.ReceivedMessage], new_by_type: dict[str, int]
+    ) -> None:
+        received_by_type: dict[str, int] = {}
+        for message in messages:
+            received_by_type[message.event_type] = received_by_type.get(message.event_type, 0) + 1
+        for event_type, count in received_by_type.items():
+            duplicates = count - new_by_type.get(event_type, 0)
+            if duplicates:
+                self.stats.duplicates += duplicates
+                self.metrics.duplicates(event_type, duplicates)
+
+    async def _record_refused(self, message: models.ReceivedMessage, problem: str) -> int:
+        """Keep a message that cannot be stored as received as a dead row; 1 if it was new."""
+        error = f"message refused by the receiver: {problem} (stored with U+FFFD in its place)"
+        if not await self.repository.record_dead(self.consumer, message, error):
+            self.stats.duplicates += 1
+            self.metrics.duplicates(message.event_type, 1)
+            return 0
+        self.stats.refused += 1
+        self.stats.recorded += 1
+        self.metrics.dead_lettered(message.event_type)
+        self.logger.error(
+            "inbox message %s (Pub/Sub id %s) recorded as dead: %s",
+            message.event_id,
+            message.message_id,
+            problem,
+            extra=observability.log_extra(
+                event_id=message.event_id, aggregate_id=message.aggregate_id
+            ),
+        )
+        return 1
 
     async def _acknowledge(self, ack_ids: Sequence[str]) -> None:
         for start in range(0, len(ack_ids), MAX_ACK_IDS_PER_REQUEST):

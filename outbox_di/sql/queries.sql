@@ -197,6 +197,20 @@ FROM unnest(
          ordering_key, position)
 ORDER BY m.position
 ON CONFLICT (consumer, event_id) DO NOTHING
+RETURNING event_id, event_type;
+
+-- name: inbox_insert_dead
+-- A message PostgreSQL cannot store as received (a NUL character in an attribute), scrubbed by
+-- the receiver and kept as a dead row with the reason: visible to operators and acknowledged,
+-- rather than redelivered forever and holding back the rest of its batch.
+INSERT INTO {{schema}}.inbox_events
+    (consumer, event_id, message_id, aggregate_type, aggregate_id, event_type, payload, headers,
+     ordering_key, status, last_error)
+VALUES
+    (%(consumer)s, %(event_id)s, CAST(%(message_id)s AS text), %(aggregate_type)s,
+     %(aggregate_id)s, %(event_type)s, CAST(%(payload)s AS bytea), CAST(%(headers)s AS jsonb),
+     CAST(%(ordering_key)s AS text), 'dead', CAST(%(error)s AS text))
+ON CONFLICT (consumer, event_id) DO NOTHING
 RETURNING event_id;
 
 -- name: inbox_claim

@@ -232,3 +232,35 @@ async def test_a_missing_subscription_is_a_configuration_error(
     with pytest.raises(errors.ConfigError, match=r"inbox\.subscription"):
         await receiver.start()
     await receiver.stop()
+
+
+async def test_a_message_postgresql_cannot_store_is_kept_dead_and_does_not_block_its_batch(
+    subscription: _Subscription,
+    inbox_repository: repository.InboxRepository,
+    outbox_dsn: str,
+    pubsub_emulator: EmulatorEndpoint,
+) -> None:
+    good = [str(uuid.uuid4()) for _ in range(3)]
+    poison = str(uuid.uuid4())
+    await subscription.publish(
+        [(b"ok", _attributes(good[0])), (b"\x00bad", _attributes(poison, tenant="a\x00b"))]
+        + [(b"ok", _attributes(event_id)) for event_id in good[1:]]
+    )
+    cfg = _config(inbox_repository.schema, outbox_dsn, pubsub_emulator.host, subscription.path)
+    async with InboxReceiver(cfg, inbox_repository) as receiver:
+        await _until(lambda: receiver.stats.acked == 4)
+    assert receiver.stats.refused == 1 and receiver.stats.outages == 0
+    for event_id in good:
+        stored = await inbox_repository.get(CONSUMER, event_id)
+        assert stored is not None and stored.status is models.InboxStatus.PENDING
+    dead = await inbox_repository.get(CONSUMER, poison)
+    assert dead is not None and dead.status is models.InboxStatus.DEAD
+    assert dead.headers == {"tenant": "a\ufffdb"}
+    assert dead.payload == b"\x00bad"
+    assert dead.last_error == (
+        "message refused by the receiver: attribute 'tenant' contains a NUL character, which "
+        "PostgreSQL jsonb cannot store (stored with U+FFFD in its place)"
+    )
+    assert await inbox_repository.count_dead(CONSUMER) == 1
+    assert await inbox_repository.count_pending(CONSUMER) == 3
+    assert await _nothing_left(pubsub_emulator.host, subscription.path)

@@ -56,6 +56,23 @@ def test_missing_event_id_and_type_fall_back() -> None:
     assert message.ordering_key is None and message.headers == {}
 
 
+def test_nul_characters_are_refused_and_scrubbed() -> None:
+    fine = models.ReceivedMessage("e-1", "t", b"\x00 payload bytes are fine", {"k": "v"})
+    assert receiver.refusal(fine) is None
+    bad_id = models.ReceivedMessage("e\x001", "t", b"")
+    assert receiver.refusal(bad_id) == (
+        "event_id contains a NUL character, which PostgreSQL text cannot store"
+    )
+    bad_key = models.ReceivedMessage("e-2", "t", b"", {"a\x00": "v"}, ordering_key="k\x00")
+    assert receiver.refusal(bad_key) == (
+        "ordering_key contains a NUL character, which PostgreSQL text cannot store"
+    )
+    clean = receiver.scrubbed(bad_key)
+    assert clean.headers == {"a\ufffd": "v"} and clean.ordering_key == "k\ufffd"
+    assert receiver.refusal(clean) is None
+    assert receiver.scrubbed(bad_id).event_id == "e\ufffd1"
+
+
 def test_subscription_names_resolve_like_topics() -> None:
     full = "projects/p/subscriptions/s"
     assert receiver.resolve_subscription(full, None) == full
@@ -101,7 +118,9 @@ def test_a_second_parameter_makes_a_handler_transactional() -> None:
 
 def test_retry_delay_doubles_and_is_capped() -> None:
     made = worker.InboxWorker(
-        _config(retry_delay="1s"), repository=None, handlers={}  # type: ignore[arg-type]
+        _config(retry_delay="1s"),
+        repository=None,  # type: ignore[arg-type]
+        handlers={},
     )
     delays = [made.retry_delay(attempt) for attempt in (1, 2, 3, 20)]
     assert 0.9 <= delays[0] <= 1.1
