@@ -42,6 +42,7 @@ from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 from google.pubsub_v1.types import pubsub
 
+from outbox_di import errors
 from outbox_di.testing import emulator as emulator_module
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "pubsub_emulator",
     "pubsub_google_emulator",
     "pubsub_inprocess_emulator",
+    "pubsub_server",
     "temporary_topic",
     "wait_until_answers",
 ]
@@ -124,6 +126,29 @@ def available_kinds() -> list[EmulatorKind]:
         kinds.append("google")
     kinds.append("in-process")
     return kinds
+
+
+@contextlib.contextmanager
+def pubsub_server() -> Iterator[EmulatorEndpoint]:
+    """One Pub/Sub emulator for the ``with`` block, in the order of :func:`available_kinds`:
+    ``PUBSUB_EMULATOR_HOST`` (an error if it does not answer), else Google's emulator when
+    found, else the in-process one. For programs (``make demo``); tests use the fixtures."""
+    configured = os.environ.get(ENV_HOST)
+    if configured:
+        if not wait_until_answers(configured, timeout=10.0):
+            raise errors.OutboxError(
+                f"{ENV_HOST}={configured} is set but no Pub/Sub emulator answers there; fix or "
+                "unset it"
+            )
+        yield EmulatorEndpoint(configured, "configured")
+        return
+    binary = find_google_emulator()
+    if binary is not None:
+        with GoogleEmulator(binary) as google:
+            yield EmulatorEndpoint(google.host, "google")
+        return
+    with emulator_module.InProcessEmulator() as in_process:
+        yield EmulatorEndpoint(in_process.host, "in-process", in_process)
 
 
 def _answers_once(host: str, timeout: float) -> bool:

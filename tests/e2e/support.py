@@ -1,16 +1,11 @@
-"""What the end-to-end tests of the example services share: a service process started for real,
-its environment, a second subscription that watches the topic, and the outbox's row states."""
+"""What the end-to-end tests of the example services share: the scenario every catalog passes,
+a second subscription that watches the topic, and the outbox's row states. Starting the service
+itself is :mod:`integrations.harness`, which ``make demo`` uses too."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -20,112 +15,11 @@ from typing import Any
 import aiohttp
 from psycopg2 import sql
 
+from integrations import harness
 from outbox_di.testing import pubsub as pubsub_testing
 
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "integrations"
 PROJECT = "outbox-di-e2e"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def migrate(dsn: str, schema: str) -> None:
-    """``outbox-di migrate``, as a deployment runs it before starting the service."""
-    subprocess.run(
-        [sys.executable, "-m", "outbox_di.cli", "migrate", "--dsn", dsn, "--schema", schema],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
-def service_env(
-    dsn: str, schema: str, host: str, topic: pubsub_testing.TopicWithSubscription
-) -> dict[str, str]:
-    """The example's settings as ``OUTBOX_*`` variables (they win over its settings.toml)."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OUTBOX_")}
-    env.update(
-        {
-            "OUTBOX_DSN": dsn,
-            "OUTBOX_SCHEMA": schema,
-            "OUTBOX_PUBSUB__PROJECT": topic.project,
-            "OUTBOX_PUBSUB__EMULATOR_HOST": host,
-            "OUTBOX_PUBLISHER__TOPIC": topic.name,
-            "OUTBOX_PUBLISHER__TICK_INTERVAL": "200ms",
-            "OUTBOX_PUBLISHER__SHUTDOWN_TIMEOUT": "5s",
-            "OUTBOX_INBOX__SUBSCRIPTION": topic.name,
-            "OUTBOX_INBOX__SHUTDOWN_TIMEOUT": "5s",
-        }
-    )
-    return env
-
-
-@dataclasses.dataclass
-class Service:
-    """A running example service and an HTTP client for it."""
-
-    process: asyncio.subprocess.Process
-    client: aiohttp.ClientSession
-    stopped_in: float | None = None
-    output: str = ""
-
-
-@contextlib.asynccontextmanager
-async def run_service(
-    command: Sequence[str], cwd: Path, env: Mapping[str, str], port: int, startup: float = 30.0
-) -> AsyncIterator[Service]:
-    """Start ``command`` (which serves on ``port``), wait for ``GET /health``; SIGTERM at the end
-    (killed if it has not exited 30 s later), its output kept on ``Service.output``."""
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=cwd,
-        env=dict(env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    output = asyncio.create_task(_read_all(process))
-    base_url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession(base_url=base_url) as client:
-        service = Service(process, client)
-        try:
-            await _wait_healthy(service, output, startup)
-            yield service
-        finally:
-            if process.returncode is None:
-                started = time.monotonic()
-                process.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(process.wait(), 30)
-                except asyncio.TimeoutError:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    await process.wait()
-                service.stopped_in = time.monotonic() - started
-            service.output = await output
-
-
-async def _read_all(process: asyncio.subprocess.Process) -> str:
-    assert process.stdout is not None
-    return (await process.stdout.read()).decode(errors="replace")
-
-
-async def _wait_healthy(service: Service, output: asyncio.Task[str], startup: float) -> None:
-    deadline = time.monotonic() + startup
-    while True:
-        if service.process.returncode is not None:
-            raise AssertionError(f"the service exited during startup:\n{await output}")
-        with contextlib.suppress(aiohttp.ClientError):
-            async with service.client.get("/health") as response:
-                if response.status == 200:
-                    return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the service did not answer /health within {startup:g}s")
-        await asyncio.sleep(0.1)
+EXAMPLES = harness.EXAMPLES
 
 
 async def create_items(client: aiohttp.ClientSession, skus: Sequence[str]) -> list[dict[str, str]]:
@@ -229,7 +123,7 @@ async def check_catalog(
     items: int = 40,
     exit_codes: tuple[int, ...] = (0,),
     extra_env: Mapping[str, str] | None = None,
-) -> Service:
+) -> harness.Service:
     """The scenario every catalog example passes, started with ``command`` in ``folder``:
 
     ``items`` items created over HTTP, each ``item.created`` event carried by the topic (seen on
@@ -237,15 +131,15 @@ async def check_catalog(
     answered 409 with its already-enqueued event rolled back; after SIGTERM the process exits
     with one of ``exit_codes`` within the workers' deadlines, leaving no row leased.
     """
-    migrate(dsn, schema)
+    harness.migrate(dsn, schema)
     async with (
         pubsub_testing.temporary_topic(host, PROJECT, prefix="catalog") as topic,
         watcher(host, topic) as watched,
     ):
-        port = free_port()
-        env = {**service_env(dsn, schema, host, topic), **(extra_env or {})}
+        port = harness.free_port()
+        env = {**harness.service_env(dsn, schema, host, topic), **(extra_env or {})}
         full_command = [part.replace("{port}", str(port)) for part in command]
-        async with run_service(full_command, folder, env, port) as service:
+        async with harness.run_service(full_command, folder, env, port) as service:
             created = await create_items(service.client, [f"sku-{n}" for n in range(items)])
             # A duplicate sku: the insert fails after the event was enqueued, and the whole
             # transaction, event included, rolls back.

@@ -1,0 +1,1 @@
+"""The example services (not installed with the package); see README.md."""
