@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help venv test lint typecheck unit integration demo bench tox clean
 
 help:
-	@echo "make demo   - short end-to-end run on an embedded or local PostgreSQL"
+	@echo "make demo   - the FastAPI catalog example and a second service's inbox, end to end"
 	@echo "make test   - lint (ruff), types (mypy --strict) and the whole test suite"
 	@echo "make bench  - benchmarks under bench/, each printed beside a raw-SQL baseline"
 	@echo "make tox    - the test suite on Python 3.10-3.13"
@@ -36,7 +36,7 @@ test: lint typecheck
 	$(BIN)/pytest
 
 demo: $(STAMP)
-	$(BIN)/outbox-di demo
+	$(BIN)/python -m integrations.demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/enqueue.py

@@ -1,4 +1,4 @@
-"""The ``outbox-di`` command: render, apply and check the schema; run the demo.
+"""The ``outbox-di`` command: render, apply and check the schema; operate and run the workers.
 
 ``--dsn`` and ``--schema`` fall back to the ``OUTBOX_DSN`` and ``OUTBOX_SCHEMA`` environment
 variables. Exit codes: 0 success, 1 drift found, 2 bad usage or an error.
@@ -101,8 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--older-than", required=True, help="a duration: 7d, 12h, 30m")
     purge.add_argument("--batch-size", type=int, default=1000, help="rows per batch (1000)")
     purge.add_argument("--json", action="store_true", help="machine-readable output")
-
-    commands.add_parser("demo", help="a short end-to-end run on an embedded or local PostgreSQL")
 
     worker = commands.add_parser(
         "worker",
@@ -387,12 +385,6 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from outbox_di import demo
-
-    return demo.main()
-
-
 def _worker(args: argparse.Namespace) -> int:
     from outbox_di import worker
 
@@ -403,7 +395,6 @@ _COMMANDS = {
     "render-ddl": _render,
     "migrate": _migrate,
     "check": _check,
-    "demo": _demo,
     "worker": _worker,
     "status": _status,
     "dead": _dead,

