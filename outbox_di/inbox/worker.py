@@ -15,9 +15,9 @@ A handler that takes a second parameter is *transactional*: it runs inside a tra
 pool, gets the aiopg cursor as ``session``, and ``processed_at`` is written in that same
 transaction, so its own writes happen exactly once (DESIGN §2 invariant 5).
 
-An idle loop sleeps until a NOTIFY from the inbox insert trigger arrives or ``poll_interval``
-passes. ``stop()`` lets in-flight batches finish within its timeout, then cancels them and gives
-the leases back.
+An idle loop sleeps until a NOTIFY from the inbox insert trigger arrives, a retry this worker
+scheduled comes due, or ``poll_interval`` passes. ``stop()`` lets in-flight batches finish
+within its timeout, then cancels them and gives the leases back.
 
 Retention: every ``purge_interval`` the worker deletes its consumer's rows processed more than
 ``inbox.retention`` ago, ``purge_batch_size`` rows per statement (each its own short
@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import heapq
 import inspect
 import logging
 import random
@@ -162,6 +163,8 @@ class InboxWorker:
         self._workers: list[asyncio.Task[None]] = []
         self._helpers: list[asyncio.Task[None]] = []
         self._claims: dict[int, _Claim] = {}
+        # When the retries this worker scheduled come due (time.monotonic()), earliest first.
+        self._retries_due: list[float] = []
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -261,8 +264,14 @@ class InboxWorker:
     async def _idle(self, wake: asyncio.Event) -> None:
         if self._stopping:
             return
+        timeout = self.poll_interval
+        now = time.monotonic()
+        while self._retries_due and self._retries_due[0] <= now:
+            heapq.heappop(self._retries_due)
+        if self._retries_due:
+            timeout = min(timeout, self._retries_due[0] - now + 0.001)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(wake.wait(), self.poll_interval)
+            await asyncio.wait_for(wake.wait(), timeout)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but not past stop()."""
@@ -484,6 +493,7 @@ class InboxWorker:
             )
             return
         delay = self.retry_delay(attempt)
+        heapq.heappush(self._retries_due, time.monotonic() + delay)
         await self.repository.record_error(
             self.consumer,
             event.event_id,

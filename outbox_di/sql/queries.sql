@@ -299,6 +299,29 @@ WHERE (consumer, event_id) IN (
     FOR UPDATE SKIP LOCKED
 );
 
+-- name: inbox_contract_effects_create
+-- Test kit only (outbox_di.testing.inbox_suite): what the contract suite's transactional
+-- handlers write. A plain primary key, so a second effect of one event fails loudly.
+CREATE TABLE IF NOT EXISTS {{schema}}.inbox_contract_effects (
+    consumer text NOT NULL,
+    event_id text NOT NULL,
+    note text NOT NULL,
+    PRIMARY KEY (consumer, event_id, note)
+);
+
+-- name: inbox_contract_effects_insert
+INSERT INTO {{schema}}.inbox_contract_effects (consumer, event_id, note)
+VALUES (%(consumer)s, %(event_id)s, %(note)s);
+
+-- name: inbox_contract_effects_list
+SELECT event_id, note
+FROM {{schema}}.inbox_contract_effects
+WHERE consumer = %(consumer)s
+ORDER BY event_id, note;
+
+-- name: inbox_contract_effects_drop
+DROP TABLE IF EXISTS {{schema}}.inbox_contract_effects;
+
 -- name: inbox_get
 SELECT consumer, event_id, seq, message_id, aggregate_type, aggregate_id, event_type, payload,
        headers, ordering_key, status, created_at, available_at, processed_at, delivery_attempts,
