@@ -417,16 +417,30 @@ class InboxWorker:
     async def _run_transactional(
         self, handler: Handler, token: uuid.UUID, event: models.InboxEvent
     ) -> None:
-        """Run ``handler(event, cursor)`` and mark the row processed in one transaction."""
+        """Run ``handler(event, cursor)`` and mark the row processed in one transaction.
+
+        The transaction is driven by hand rather than with aiopg's ``cursor.begin()``: a task
+        cancelled inside BEGIN, COMMIT or ROLLBACK (a stop deadline, a killed worker) makes
+        aiopg close the connection, which rolls back on the server, but leaves its
+        ``Transaction`` object open, and that warns (ResourceWarning) when collected.
+        """
         pool: Any = self.repository.pool
+        queries = self.repository.queries
         try:
-            async with pool.acquire() as conn, conn.cursor() as cursor, cursor.begin():
-                await asyncio.wait_for(handler(event, cursor), self.settings.handler_timeout)
-                changed = await self.repository.mark_processed(
-                    self.consumer, [event.event_id], token, models.utcnow(), session=cursor
-                )
-                if changed == 0:
-                    raise _LeaseLost
+            async with pool.acquire() as conn, conn.cursor() as cursor:
+                await cursor.execute(queries["inbox_handler_begin"].sql)
+                try:
+                    await asyncio.wait_for(handler(event, cursor), self.settings.handler_timeout)
+                    changed = await self.repository.mark_processed(
+                        self.consumer, [event.event_id], token, models.utcnow(), session=cursor
+                    )
+                    if changed == 0:
+                        raise _LeaseLost
+                except BaseException:
+                    if not conn.closed:  # aiopg closes it when a statement is cancelled
+                        await cursor.execute(queries["inbox_handler_rollback"].sql)
+                    raise
+                await cursor.execute(queries["inbox_handler_commit"].sql)
         except _LeaseLost:
             self.stats.lease_lost += 1
             self.logger.warning(

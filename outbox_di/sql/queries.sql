@@ -44,8 +44,13 @@ ORDER BY m.position;
 -- name: outbox_claim
 -- Takes up to %(limit)s due rows (pending, available, not leased or lease older than
 -- %(stale_before)s), skipping rows another claimer holds, and stamps the caller's lock token.
+-- The rows are found by an ordered scan of the due index and updated by their ctid (stable
+-- while this statement holds their row locks): no join back through the primary key, whose
+-- plan (a hash join over the whole table, once analyzed) grows with the table.
+-- RETURNING leaves out what the caller knows: status (pending), published_at (NULL), the lock
+-- token and locked_at (its own).
 WITH due AS (
-    SELECT event_id
+    SELECT ctid
     FROM {{schema}}.outbox_events
     WHERE status = 'pending'
       AND available_at <= CAST(%(now)s AS timestamptz)
@@ -58,18 +63,17 @@ UPDATE {{schema}}.outbox_events AS e
 SET lock_token = CAST(%(lock_token)s AS uuid),
     locked_at = CAST(%(now)s AS timestamptz),
     delivery_attempts = e.delivery_attempts + 1
-FROM due
-WHERE e.event_id = due.event_id
+WHERE e.ctid = ANY(ARRAY(SELECT ctid FROM due))
 RETURNING e.event_id, e.seq, e.aggregate_type, e.aggregate_id, e.event_type, e.payload,
-          e.headers, e.ordering_key, e.status, e.created_at, e.available_at, e.published_at,
-          e.delivery_attempts, e.last_error, e.lock_token, e.locked_at;
+          e.headers, e.ordering_key, e.created_at, e.available_at, e.delivery_attempts,
+          e.last_error;
 
 -- name: outbox_claim_ordered
 -- outbox_claim for per-key ordering: a row with an ordering key is due only while it is the
 -- head of its key (no earlier pending row of that key, whatever that row's state), so a key's
 -- events are published one after the other and a failing head holds back only its own key.
 WITH due AS (
-    SELECT e.event_id
+    SELECT e.ctid
     FROM {{schema}}.outbox_events AS e
     WHERE e.status = 'pending'
       AND e.available_at <= CAST(%(now)s AS timestamptz)
@@ -92,11 +96,10 @@ UPDATE {{schema}}.outbox_events AS e
 SET lock_token = CAST(%(lock_token)s AS uuid),
     locked_at = CAST(%(now)s AS timestamptz),
     delivery_attempts = e.delivery_attempts + 1
-FROM due
-WHERE e.event_id = due.event_id
+WHERE e.ctid = ANY(ARRAY(SELECT ctid FROM due))
 RETURNING e.event_id, e.seq, e.aggregate_type, e.aggregate_id, e.event_type, e.payload,
-          e.headers, e.ordering_key, e.status, e.created_at, e.available_at, e.published_at,
-          e.delivery_attempts, e.last_error, e.lock_token, e.locked_at;
+          e.headers, e.ordering_key, e.created_at, e.available_at, e.delivery_attempts,
+          e.last_error;
 
 -- name: outbox_mark_published
 UPDATE {{schema}}.outbox_events
@@ -298,6 +301,16 @@ WHERE (consumer, event_id) IN (
     LIMIT CAST(%(limit)s AS integer)
     FOR UPDATE SKIP LOCKED
 );
+
+-- name: inbox_handler_begin
+-- The transaction of a transactional handler: its writes and inbox_mark_processed commit together.
+BEGIN;
+
+-- name: inbox_handler_commit
+COMMIT;
+
+-- name: inbox_handler_rollback
+ROLLBACK;
 
 -- name: inbox_contract_effects_create
 -- Test kit only (outbox_di.testing.inbox_suite): what the contract suite's transactional

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import time
 import uuid
 from collections.abc import Callable
@@ -490,3 +491,53 @@ async def test_processed_rows_older_than_retention_are_purged_in_batches(
     # Purging again finds nothing: 7 rows took three statements of at most 3.
     assert await worker.purge_once() == 0
     assert worker.stats.purged == 7
+
+
+async def test_a_transactional_handler_cancelled_during_its_commit_stays_atomic(
+    outbox_pool: Any, inbox_repository: repository.InboxRepository, outbox_dsn: str
+) -> None:
+    """stop() cancels a handler whose COMMIT is running (a deferred trigger makes it last 1 s):
+    aiopg closes the connection; no transaction object is left open (that would warn), and
+    the effect and processed_at are both there or both not."""
+    schema = inbox_repository.schema
+    async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
+        await cursor.execute(_in_schema("CREATE TABLE {}.slow (event_id text PRIMARY KEY)", schema))
+        await cursor.execute(
+            _in_schema(
+                "CREATE FUNCTION {}.sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
+                schema,
+            )
+        )
+        await cursor.execute(
+            sql.SQL(
+                "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {}.slow "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {}.sleep_at_commit()"
+            ).format(sql.Identifier(schema), sql.Identifier(schema))
+        )
+    [event_id] = await _record(inbox_repository, _message())
+    handled = asyncio.Event()
+
+    async def handle(event: models.InboxEvent, session: Any) -> None:
+        await session.execute(
+            _in_schema("INSERT INTO {}.slow (event_id) VALUES (%s)", schema), (event.event_id,)
+        )
+        handled.set()
+
+    worker = _worker(inbox_repository, outbox_dsn, {"order.placed": handle}, workers=1)
+    await worker.start()
+    await asyncio.wait_for(handled.wait(), 10)
+    await asyncio.sleep(0.3)  # inside the COMMIT's second
+    await worker.stop(timeout=0)
+    del worker, handle  # what references the cancelled frames
+    gc.collect()  # an open aiopg Transaction left behind would warn now, inside this test
+    async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
+        # Blocks until the cancelled COMMIT has ended on the server, one way or the other.
+        await cursor.execute(
+            _in_schema("SELECT status FROM {}.inbox_events WHERE event_id = %s FOR UPDATE", schema),
+            (event_id,),
+        )
+        [(status,)] = await cursor.fetchall()
+        await cursor.execute(_in_schema("SELECT count(*) FROM {}.slow", schema))
+        [(effects,)] = await cursor.fetchall()
+    assert (status, effects) in {("processed", 1), ("pending", 0)}
