@@ -59,6 +59,22 @@ async def pool_resource(settings: config_module.OutboxConfig) -> AsyncIterator[A
 
 
 @contextlib.asynccontextmanager
+async def relay_pool_resource(settings: config_module.OutboxConfig) -> AsyncIterator[Any]:
+    """The publisher task's own small pool, with :data:`database.RELAY_SETTINGS` (no waiting
+    for commit flushes, the claim's index scan kept): only worker processes open it."""
+    async with database.open_pool(
+        settings.dsn,
+        min_size=1,
+        # A connection per relay loop, the LISTEN connection and the backlog gauge's.
+        max_size=settings.publisher.workers + 2,
+        connect_timeout=settings.pool.connect_timeout,
+        application_name="outbox_di relay",
+        settings=database.RELAY_SETTINGS,
+    ) as pool:
+        yield pool
+
+
+@contextlib.asynccontextmanager
 async def publisher_resource(settings: config_module.OutboxConfig) -> AsyncIterator[base.Publisher]:
     """The Pub/Sub publisher, its client created in the running loop; topics checked at start."""
     publisher = pubsub.PubSubPublisher(settings)
@@ -72,16 +88,20 @@ async def publisher_resource(settings: config_module.OutboxConfig) -> AsyncItera
 @contextlib.asynccontextmanager
 async def publisher_task_resource(
     settings: config_module.OutboxConfig,
-    outbox_repository: repository.OutboxRepository,
+    relay_pool: Any,
     publisher: base.Publisher,
     logger: logging.Logger,
     meter: Meter,
 ) -> AsyncIterator[task.PublisherTask | None]:
-    """The relay loops; ``None`` when ``publisher.enabled`` is false. Drains on shutdown."""
+    """The relay loops, on the relay pool; ``None`` when ``publisher.enabled`` is false.
+    Drains on shutdown."""
     if not settings.publisher.enabled:
         yield None
         return
-    publisher_task = task.PublisherTask(settings, outbox_repository, publisher, logger, meter)
+    relay_repository = repository.OutboxRepository(
+        relay_pool, settings.schema, ordering=settings.publisher.ordering
+    )
+    publisher_task = task.PublisherTask(settings, relay_repository, publisher, logger, meter)
     await publisher_task.start()
     try:
         yield publisher_task
@@ -183,8 +203,9 @@ class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContaine
     )
 
     publisher = providers.Resource(publisher_resource, settings)
+    relay_pool = WorkerResource(relay_pool_resource, settings)
     publisher_task = WorkerResource(
-        publisher_task_resource, settings, outbox_repository, publisher, logger, meter
+        publisher_task_resource, settings, relay_pool, publisher, logger, meter
     )
 
     inbox_handlers = providers.Singleton(handlers_module.InboxHandlers)

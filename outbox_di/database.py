@@ -14,6 +14,18 @@ from outbox_di import errors, schema
 
 TABLES = ("outbox_schema_version", "outbox_events", "inbox_events")
 
+RELAY_SETTINGS: Mapping[str, str] = {
+    # A lost claim or mark only means a lease that expires or an event published again, which
+    # at-least-once delivery allows: the relay need not wait for its commits to be flushed.
+    # Never for a pool that services enqueue through.
+    "synchronous_commit": "off",
+    # The claim must be an ordered scan of the due index that stops after `limit` rows. With
+    # statistics from a nearly empty table (a burst after a quiet period) the planner prefers a
+    # bitmap scan of every due row plus a sort, whose cost grows with the backlog.
+    "enable_bitmapscan": "off",
+}
+"""Session settings of the relay's own connections (``OutboxContainer.relay_pool``)."""
+
 
 @contextlib.asynccontextmanager
 async def open_pool(

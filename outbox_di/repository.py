@@ -263,7 +263,7 @@ class OutboxRepository:
         )
         # RETURNING comes in no particular order; the lease is the token we just stamped.
         rows.sort(key=_seq_of_row)
-        return [self._event(row, lock_token) for row in rows]
+        return [self._claimed(row, lock_token, now) for row in rows]
 
     async def mark_published(
         self, event_ids: Iterable[uuid.UUID], lock_token: uuid.UUID, published_at: dt.datetime
@@ -341,10 +341,10 @@ class OutboxRepository:
         return self._event(rows[0]) if rows else None
 
     @staticmethod
-    def _event(row: Row, lock_token: uuid.UUID | None = None) -> models.OutboxEvent:
+    def _claimed(row: Row, lock_token: uuid.UUID, locked_at: dt.datetime) -> models.OutboxEvent:
+        """An event from a claim's RETURNING row (the claim's own columns are known)."""
         # Positional arguments, in field order: this runs once per claimed row.
         event_id = _as_uuid(row[0])
-        status = row[8]
         return models.OutboxEvent(
             event_id,
             row[1],  # seq
@@ -354,13 +354,36 @@ class OutboxRepository:
             bytes(row[5]),  # payload
             models.decode_headers(row[6], event_id),
             row[7],  # ordering_key
-            _PENDING if status == "pending" else models.OutboxStatus(status),
+            _PENDING,
+            row[8],  # created_at
+            row[9],  # available_at
+            None,  # published_at
+            row[10],  # delivery_attempts
+            row[11],  # last_error
+            lock_token,
+            locked_at,
+        )
+
+    @staticmethod
+    def _event(row: Row) -> models.OutboxEvent:
+        """An event from a whole row (``outbox_get``)."""
+        event_id = _as_uuid(row[0])
+        return models.OutboxEvent(
+            event_id,
+            row[1],  # seq
+            row[2],  # aggregate_type
+            row[3],  # aggregate_id
+            row[4],  # event_type
+            bytes(row[5]),  # payload
+            models.decode_headers(row[6], event_id),
+            row[7],  # ordering_key
+            models.OutboxStatus(row[8]),
             row[9],  # created_at
             row[10],  # available_at
             row[11],  # published_at
             row[12],  # delivery_attempts
             row[13],  # last_error
-            lock_token if lock_token is not None else _as_optional_uuid(row[14]),
+            _as_optional_uuid(row[14]),
             row[15],  # locked_at
         )
 
