@@ -49,7 +49,7 @@ def _manage_migrate(dsn: str, schema: str) -> str:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+    return result.stdout + result.stderr
 
 
 @pytest.mark.timeout(180)
@@ -63,6 +63,7 @@ async def test_catalog_django(
     migrated = _manage_migrate(outbox_dsn, outbox_schema_name)
     assert "Applying outbox_di.0001_initial... OK" in migrated
     assert "Applying catalog.0001_initial... OK" in migrated
+    assert "outbox workers" not in migrated  # a management command never starts them
 
     command, exit_codes = SERVERS[server]
     service = await support.check_catalog(
