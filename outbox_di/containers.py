@@ -235,13 +235,18 @@ async def start(container: Any, *, workers: bool | None = None) -> None:
 
     The pool always; with ``workers`` (default: the ``run_workers`` setting) also the
     publisher task and, when ``inbox.enabled``, the inbox receiver and worker. Stop with
-    :func:`stop`.
+    :func:`stop`; a start that fails half-way has already stopped what it opened.
     """
     settings: config_module.OutboxConfig = container.settings()
-    await container.pool.init()
     run_workers = settings.run_workers if workers is None else workers
-    if run_workers:
-        await container.init_resources(resource_type=WorkerResource)
+    try:
+        await container.pool.init()
+        if run_workers:
+            await container.init_resources(resource_type=WorkerResource)
+    except BaseException:
+        # A failure half-way (a missing topic, say) closes what was opened before it.
+        await stop(container)
+        raise
 
 
 async def stop(container: Any) -> None:

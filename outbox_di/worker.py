@@ -15,9 +15,10 @@ from outbox_di.inbox import handlers as handlers_module
 
 
 async def serve(container: containers.OutboxContainer, stop: asyncio.Event) -> None:
-    """Start the pool and the workers, wait for ``stop``, then drain and close everything."""
-    await containers.start(container, workers=True)
+    """Start the pool and the workers, wait for ``stop``, then drain and close everything
+    (also what a failed start had already opened)."""
     try:
+        await containers.start(container, workers=True)
         await stop.wait()
     finally:
         await containers.stop(container)

@@ -22,16 +22,13 @@ def build_container() -> Any:
 
 
 async def start_container(container: Any, *, workers: bool | None = None) -> None:
-    """Start the pool and (``workers``, default ``run_workers``) the publisher task.
+    """Start the pool and (``workers``, default ``run_workers``) the workers.
 
     A failure half-way (the pool opened, the publisher's topic check failed) closes what was
-    opened before re-raising, since the framework runs no shutdown for a failed startup.
+    opened before re-raising (see :func:`containers.start`), since the framework runs no
+    shutdown for a failed startup.
     """
-    try:
-        await containers.start(container, workers=workers)
-    except BaseException:
-        await stop_container(container)
-        raise
+    await containers.start(container, workers=workers)
 
 
 async def stop_container(container: Any) -> None:

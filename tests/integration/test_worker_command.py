@@ -196,3 +196,31 @@ def test_worker_with_unknown_handlers_module_names_the_flag(tmp_path: Path) -> N
     )
     assert result.returncode == 2
     assert "--handlers: cannot import 'no_such_module'" in result.stderr
+
+
+def test_worker_with_a_missing_topic_exits_cleanly_naming_it(
+    outbox_schema: str, outbox_dsn: str, pubsub_inprocess_emulator: EmulatorEndpoint, tmp_path: Path
+) -> None:
+    """A start that fails half-way (the pools open, the topic check fails) closes what it
+    opened: one clear error, no traceback from a pool left to the garbage collector."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OUTBOX_")}
+    env.update(
+        {
+            "OUTBOX_SCHEMA": outbox_schema,
+            "OUTBOX_DSN": outbox_dsn,
+            "OUTBOX_PUBLISHER__TOPIC": "no-such-topic",
+            "OUTBOX_PUBSUB__PROJECT": PROJECT,
+            "OUTBOX_PUBSUB__EMULATOR_HOST": pubsub_inprocess_emulator.host,
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "outbox_di.cli", "worker"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"projects/{PROJECT}/topics/no-such-topic' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr and "athrow" not in result.stderr, result.stderr
