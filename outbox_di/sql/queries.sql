@@ -416,7 +416,10 @@ SELECT CAST(NULL AS text) AS consumer,
        count(*) FILTER (
            WHERE status = 'pending' AND locked_at >= CAST(%(stale_before)s AS timestamptz)
        ) AS in_flight,
-       count(*) FILTER (WHERE status = 'pending' AND last_error IS NOT NULL) AS failing,
+       -- A retried dead row keeps its last_error but starts again at 0 attempts: not failing.
+       count(*) FILTER (
+           WHERE status = 'pending' AND last_error IS NOT NULL AND delivery_attempts > 0
+       ) AS failing,
        count(*) FILTER (WHERE status = 'dead') AS dead,
        min(created_at) FILTER (WHERE status = 'pending') AS oldest_pending
 FROM {{schema}}.outbox_events
@@ -431,7 +434,10 @@ SELECT consumer,
        count(*) FILTER (
            WHERE status = 'pending' AND locked_at >= CAST(%(stale_before)s AS timestamptz)
        ) AS in_flight,
-       count(*) FILTER (WHERE status = 'pending' AND last_error IS NOT NULL) AS failing,
+       -- A retried dead row keeps its last_error but starts again at 0 attempts: not failing.
+       count(*) FILTER (
+           WHERE status = 'pending' AND last_error IS NOT NULL AND delivery_attempts > 0
+       ) AS failing,
        count(*) FILTER (WHERE status = 'dead') AS dead,
        min(created_at) FILTER (WHERE status = 'pending') AS oldest_pending
 FROM {{schema}}.inbox_events

@@ -94,11 +94,16 @@ async def test_dead_list_retry_and_discard(
     code, out = _run(capsys, "dead", "list", *base)
     assert "payload too large" in out and "no topic" in out
 
+    before = _deleted_counts(_run(capsys, "status", *base, "--json")[1])
     code, out = _run(capsys, "dead", "retry", *base, "--event-type", "item.deleted")
     assert (code, out.strip()) == (0, "1 dead outbox event(s) made pending again")
     retried = await outbox_repository.get(seeded["dead"][0])
     assert retried is not None
     assert retried.status is models.OutboxStatus.PENDING and retried.delivery_attempts == 0
+    # It keeps its last error for the record, but it is no longer counted as failing.
+    assert retried.last_error == "payload too large"
+    after = _deleted_counts(_run(capsys, "status", *base, "--json")[1])
+    assert after == {"pending": before["pending"] + 1, "failing": before["failing"], "dead": 0}
 
     code, out = _run(capsys, "dead", "discard", *base, "--id", str(seeded["dead"][1]), "--json")
     assert json.loads(out) == {"table": "outbox", "action": "discard", "count": 1}
@@ -110,6 +115,11 @@ async def test_dead_list_retry_and_discard(
     with pytest.raises(SystemExit):
         cli.main(["dead", "retry", *base])
     capsys.readouterr()
+
+
+def _deleted_counts(status_json: str) -> dict[str, int]:
+    (row,) = [row for row in json.loads(status_json) if row["event_type"] == "item.deleted"]
+    return {key: row[key] for key in ("pending", "failing", "dead")}
 
 
 async def test_inbox_dead_retry(
