@@ -712,7 +712,10 @@ async def _read_until(
     while not any(marker in line for line in output):
         remaining = deadline - time.monotonic()
         assert remaining > 0, f"no {marker!r} within {within}s:\n{''.join(output)}"
-        line = await asyncio.wait_for(process.stdout.readline(), remaining)
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), remaining)
+        except asyncio.TimeoutError:
+            pytest.fail(f"no {marker!r} within {within}s:\n{''.join(output)}")
         assert line, f"the process ended before {marker!r}:\n{''.join(output)}"
         output.append(line.decode(errors="replace"))
 
@@ -769,9 +772,7 @@ async def test_runserver_starts_the_workers_in_the_reloader_child_only(
         port = _free_port()
         async with _started(tmp_path, "runserver", f"127.0.0.1:{port}") as process:
             await _read_until(process, "outbox workers: running in thread", output)
-            await _read_until(
-                process, f"Starting development server at http://127.0.0.1:{port}/", output
-            )
+            await _read_until(process, f"development server at http://127.0.0.1:{port}/", output)
             children = _children(process.pid)
             assert len(children) == 1, "".join(output)
             # SIGTERM to the serving child: Django's reloader makes it a normal exit, the
