@@ -1,4 +1,5 @@
-"""Framework integrations: ``outbox_di.integrations.fastapi`` and ``.aiohttp``.
+"""Framework integrations: ``outbox_di.integrations.fastapi``, ``.aiohttp`` and ``.django`` (a
+Django app: settings, migration, ``outbox_worker`` command, ASGI lifespan).
 
 This package module imports no framework; it holds the lifecycle both integrations share: build
 the container from the settings when the application brings none, start it for this process,
