@@ -486,7 +486,30 @@ class InboxRepository:
                 "lock_token": str(lock_token),
             },
         )
-        events = [self._event(row) for row in rows]
+        pending = models.InboxStatus.PENDING
+        events = [
+            models.InboxEvent(
+                consumer,
+                row[0],  # event_id
+                row[1],  # seq
+                row[2],  # message_id
+                row[3],  # aggregate_type
+                row[4],  # aggregate_id
+                row[5],  # event_type
+                bytes(row[6]),  # payload
+                models.decode_headers(row[7], row[0]),
+                row[8],  # ordering_key
+                pending,
+                row[9],  # created_at
+                row[10],  # available_at
+                None,  # processed_at
+                row[11],  # delivery_attempts
+                row[12],  # last_error
+                lock_token,
+                now,  # locked_at
+            )
+            for row in rows
+        ]
         events.sort(key=lambda event: event.seq)
         return events
 

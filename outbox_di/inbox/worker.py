@@ -34,9 +34,10 @@ import heapq
 import inspect
 import logging
 import random
+import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -56,6 +57,21 @@ _MAX_RETRY_DELAY = 300.0
 _STATS_INTERVAL = 5.0
 _PURGE_PAUSE = 0.01  # between two purge batches: let claims and inserts in
 _PROPAGATOR = TraceContextTextMapPropagator()
+_NO_SPAN = contextlib.nullcontext()
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(timeout: float, awaitable: Awaitable[None]) -> None:
+        """``await awaitable``, ``TimeoutError`` after ``timeout`` seconds; no extra task
+        (``asyncio.wait_for`` makes one per call before Python 3.12, a cost per event)."""
+        async with asyncio.timeout(timeout):
+            await awaitable
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _within(timeout: float, awaitable: Awaitable[None]) -> None:
+        await asyncio.wait_for(awaitable, timeout)
 
 
 class _LeaseLost(Exception):
@@ -86,6 +102,21 @@ class _Registration:
 class _Claim:
     token: uuid.UUID
     event_ids: set[str]
+
+
+@dataclasses.dataclass
+class _Group:
+    """The events of a batch that run one after the other (one ordering key, or one event).
+
+    Every group's first handler starts with the batch, so one timer (``asyncio.wait`` with
+    ``handler_timeout`` in ``run_once``) times them all out, instead of one timer per handler;
+    the group's later handlers, which start later, get their own (``_within``).
+    """
+
+    events: list[models.InboxEvent]
+    started: bool = False  # a handler of this group has run (the next ones time themselves)
+    in_first: bool = False  # the first handler is running, under the batch's timer
+    timed_out: bool = False  # the batch's timer cancelled it
 
 
 @dataclasses.dataclass
@@ -297,21 +328,40 @@ class InboxWorker:
         self.stats.batches += 1
 
         # Same ordering key: one after the other, in claim (seq) order; the rest concurrently.
-        groups: dict[str, list[models.InboxEvent]] = {}
+        groups: list[_Group] = []
+        by_key: dict[str, _Group] = {}
         for event in events:
-            key = f"k:{event.ordering_key}" if event.ordering_key else f"e:{event.event_id}"
-            groups.setdefault(key, []).append(event)
-        results = await asyncio.gather(
-            *(self._run_group(token, group) for group in groups.values()),
-            return_exceptions=True,
-        )
+            if not event.ordering_key:
+                groups.append(_Group([event]))
+            elif event.ordering_key in by_key:
+                by_key[event.ordering_key].events.append(event)
+            else:
+                by_key[event.ordering_key] = group = _Group([event])
+                groups.append(group)
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._run_group(token, group)) for group in groups]
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.handler_timeout)
+            if pending:
+                for task, group in zip(tasks, groups, strict=True):
+                    if group.in_first and not task.done():
+                        group.timed_out = True
+                        task.cancel()
+                await asyncio.wait(tasks)
+        except BaseException:  # cancelled (stop(), a dying worker): the handlers go first
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            raise
         outcomes: list[_Outcome] = []
         failure: BaseException | None = None
-        for result in results:
-            if isinstance(result, BaseException):
-                failure = failure or result
+        for task in tasks:
+            if task.cancelled():
+                failure = failure or errors.OutboxError("an inbox handler run was cancelled")
+            elif (exc := task.exception()) is not None:
+                failure = failure or exc
             else:
-                outcomes.extend(result)
+                outcomes.extend(task.result())
 
         succeeded = [o.event for o in outcomes if o.ok and not o.done]
         if succeeded:
@@ -349,15 +399,37 @@ class InboxWorker:
             for event_type, count in counts.items():
                 self.metrics.processed(event_type, count)
 
-    async def _run_group(
-        self, token: uuid.UUID, events: Sequence[models.InboxEvent]
-    ) -> list[_Outcome]:
-        return [await self._handle(token, event) for event in events]
+    async def _run_group(self, token: uuid.UUID, group: _Group) -> list[_Outcome]:
+        outcomes = []
+        for event in group.events:
+            outcomes.append(await self._handle(token, event, group))
+            group.started = True
+        return outcomes
+
+    async def _call(self, group: _Group, awaitable: Awaitable[None]) -> None:
+        """Await a handler within ``handler_timeout``; ``asyncio.TimeoutError`` past it."""
+        if group.started:
+            await _within(self.settings.handler_timeout, awaitable)
+            return
+        group.in_first = True
+        try:
+            await awaitable
+        except asyncio.CancelledError:
+            if not group.timed_out:
+                raise
+            group.timed_out = False
+            if sys.version_info >= (3, 11):
+                task = asyncio.current_task()
+                if task is not None and task.uncancel() > 0:
+                    raise  # cancelled from outside too (stop)
+            raise asyncio.TimeoutError from None
+        finally:
+            group.in_first = False
 
     def _registration(self, event_type: str) -> _Registration | None:
         return self.handlers.get(event_type) or self.handlers.get(DEFAULT_HANDLER)
 
-    async def _handle(self, token: uuid.UUID, event: models.InboxEvent) -> _Outcome:
+    async def _handle(self, token: uuid.UUID, event: models.InboxEvent, group: _Group) -> _Outcome:
         registration = self._registration(event.event_type)
         if registration is None:
             await self._park(token, event)
@@ -366,17 +438,13 @@ class InboxWorker:
         outcome = _Outcome(event)
         span = self._start_span(event)
         try:
-            with contextlib.ExitStack() as stack:
-                if span is not None:
-                    stack.enter_context(trace.use_span(span, end_on_exit=True))
+            with _NO_SPAN if span is None else trace.use_span(span, end_on_exit=True):
                 try:
                     if registration.transactional:
-                        await self._run_transactional(registration.handler, token, event)
+                        await self._run_transactional(registration.handler, token, event, group)
                         outcome.done = True
                     else:
-                        await asyncio.wait_for(
-                            registration.handler(event), self.settings.handler_timeout
-                        )
+                        await self._call(group, registration.handler(event))
                     outcome.ok = True
                 except _LeaseLost:
                     outcome.done = True
@@ -415,7 +483,7 @@ class InboxWorker:
         return outcome
 
     async def _run_transactional(
-        self, handler: Handler, token: uuid.UUID, event: models.InboxEvent
+        self, handler: Handler, token: uuid.UUID, event: models.InboxEvent, group: _Group
     ) -> None:
         """Run ``handler(event, cursor)`` and mark the row processed in one transaction.
 
@@ -430,7 +498,7 @@ class InboxWorker:
             async with pool.acquire() as conn, conn.cursor() as cursor:
                 await cursor.execute(queries["inbox_handler_begin"].sql)
                 try:
-                    await asyncio.wait_for(handler(event, cursor), self.settings.handler_timeout)
+                    await self._call(group, handler(event, cursor))
                     changed = await self.repository.mark_processed(
                         self.consumer, [event.event_id], token, models.utcnow(), session=cursor
                     )

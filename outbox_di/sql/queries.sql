@@ -217,6 +217,8 @@ ON CONFLICT (consumer, event_id) DO NOTHING
 RETURNING event_id;
 
 -- name: inbox_claim
+-- Returns only what the claimer does not know already: consumer, status ('pending'),
+-- processed_at (NULL), lock_token and locked_at are its own parameters.
 WITH due AS (
     SELECT consumer, event_id
     FROM {{schema}}.inbox_events
@@ -234,10 +236,9 @@ SET lock_token = CAST(%(lock_token)s AS uuid),
     delivery_attempts = e.delivery_attempts + 1
 FROM due
 WHERE e.consumer = due.consumer AND e.event_id = due.event_id
-RETURNING e.consumer, e.event_id, e.seq, e.message_id, e.aggregate_type, e.aggregate_id,
-          e.event_type, e.payload, e.headers, e.ordering_key, e.status, e.created_at,
-          e.available_at, e.processed_at, e.delivery_attempts, e.last_error, e.lock_token,
-          e.locked_at;
+RETURNING e.event_id, e.seq, e.message_id, e.aggregate_type, e.aggregate_id, e.event_type,
+          e.payload, e.headers, e.ordering_key, e.created_at, e.available_at,
+          e.delivery_attempts, e.last_error;
 
 -- name: inbox_mark_processed
 UPDATE {{schema}}.inbox_events

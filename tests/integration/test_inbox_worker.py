@@ -541,3 +541,38 @@ async def test_a_transactional_handler_cancelled_during_its_commit_stays_atomic(
         await cursor.execute(_in_schema("SELECT count(*) FROM {}.slow", schema))
         [(effects,)] = await cursor.fetchall()
     assert (status, effects) in {("processed", 1), ("pending", 0)}
+
+
+async def test_timeouts_of_first_and_later_handlers_of_a_batch(
+    inbox_repository: repository.InboxRepository, outbox_dsn: str
+) -> None:
+    """A batch's first handlers share one timer; later ones of an ordering key have their own.
+    Either way a slow handler times out alone, and the rest of the batch is processed."""
+    [fast_head, slow_tail, slow_alone, fast_alone] = await _record(
+        inbox_repository,
+        _message(ordering_key="k", aggregate_id="fast"),
+        _message(ordering_key="k", aggregate_id="slow"),
+        _message(aggregate_id="slow"),
+        _message(aggregate_id="fast"),
+    )
+
+    async def handle(event: models.InboxEvent) -> None:
+        if event.aggregate_id == "slow":
+            await asyncio.sleep(30)
+
+    worker = _worker(
+        inbox_repository,
+        outbox_dsn,
+        {"order.placed": handle},
+        workers=1,
+        handler_timeout="200ms",
+        max_attempts=1,
+    )
+    async with worker:
+        await _until(lambda: worker.stats.processed == 2 and worker.stats.dead == 2)
+    for event_id in (fast_head, fast_alone):
+        assert (await _stored(inbox_repository, event_id)).status is models.InboxStatus.PROCESSED
+    for event_id in (slow_tail, slow_alone):
+        stored = await _stored(inbox_repository, event_id)
+        assert stored.status is models.InboxStatus.DEAD
+        assert stored.last_error == "handler timed out after 0.2s (dead after 1 attempts)"
