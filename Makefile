@@ -41,6 +41,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/enqueue.py
 	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/inbox.py
 
 tox: $(STAMP)
 	$(BIN)/tox run-parallel
