@@ -26,6 +26,11 @@ Fixtures the service provides (function-scoped; sync or async):
     (``projects/P/topics/T``, **created before the test**, the topic the container's
     subscription is attached to), and optionally ``emulator``.
 
+``inbox_samples`` (optional)
+    A sequence of :class:`InboxSample`: events the service's own handlers accept. The suite
+    delivers each twice and checks that its handler ran once and succeeded at the first
+    attempt. Without this fixture that test is skipped.
+
 The suite's handlers take the event types starting with ``inbox_contract.``; the service's own
 handlers are kept for every other type (messages that are not the suite's are handled by them).
 Its transactional handler writes into ``<schema>.inbox_contract_effects``, a table the suite
@@ -62,7 +67,7 @@ from outbox_di.testing import emulator as emulator_module
 from outbox_di.testing import pubsub as pubsub_testing
 from outbox_di.testing.publisher_suite import metric_points, wait_until
 
-__all__ = ["HandlerCalls", "InboxContract", "InboxTopic", "publish"]
+__all__ = ["HandlerCalls", "InboxContract", "InboxSample", "InboxTopic", "publish"]
 
 # The lease test waits lock_ttl, the retry test every retry delay: longer would make the suite
 # slow for nothing.
@@ -107,6 +112,35 @@ class HandlerCalls:
 
     def __getitem__(self, event_id: str) -> int:
         return self.counts.get(event_id, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class InboxSample:
+    """An event the service's own handlers accept (``inbox_samples``): the suite delivers each
+    twice and expects its handler to run once. ``event_id`` and ``event_type`` attributes are
+    set by the suite; ``attributes`` adds the others (``aggregate_type``, ``aggregate_id``,
+    headers)."""
+
+    event_type: str
+    payload: bytes
+    attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _counting(handler: handlers_module.Handler, calls: HandlerCalls) -> handlers_module.Handler:
+    """``handler``, noting each run in ``calls``; transactional stays transactional."""
+    if worker_module.is_transactional(handler):
+
+        async def counted_transactional(event: models.InboxEvent, session: Any) -> None:
+            calls.note(event)
+            await handler(event, session)
+
+        return counted_transactional
+
+    async def counted(event: models.InboxEvent) -> None:
+        calls.note(event)
+        await handler(event)
+
+    return counted
 
 
 class ContractFailure(RuntimeError):
@@ -220,7 +254,12 @@ class InboxContract:
         self._queries = schema_module.Queries(settings.schema)
         service_handlers: Mapping[str, handlers_module.Handler] = container.inbox_handlers()
         self.service_handlers = dict(service_handlers)
-        handlers = handlers_module.InboxHandlers({**service_handlers, **self._suite_handlers()})
+        self.service_calls = HandlerCalls()
+        counted = {
+            event_type: _counting(handler, self.service_calls)
+            for event_type, handler in service_handlers.items()
+        }
+        handlers = handlers_module.InboxHandlers({**counted, **self._suite_handlers()})
         reader = InMemoryMetricReader()
         provider = MeterProvider(metric_readers=[reader])
         container.meter.override(provider.get_meter("outbox_di.inbox_contract"))
@@ -497,6 +536,45 @@ class InboxContract:
         assert ok.last_error == "ContractFailure: contract failure 1 after writing"
         assert self.calls[doomed] == max_attempts
         assert dead.delivery_attempts == max_attempts
+
+    async def test_service_handlers_run_once_per_sample_event(
+        self, inbox_container: Any, inbox_topic: InboxTopic, request: pytest.FixtureRequest
+    ) -> None:
+        try:
+            samples: Sequence[InboxSample] = request.getfixturevalue("inbox_samples")
+        except pytest.FixtureLookupError:
+            pytest.skip("no inbox_samples fixture: the service's own handlers are not exercised")
+        assert samples, "inbox_samples is empty"
+        ids = [str(uuid.uuid4()) for _ in samples]
+        messages = [
+            (
+                sample.payload,
+                {**sample.attributes, "event_id": event_id, "event_type": sample.event_type},
+            )
+            for sample, event_id in zip(samples, ids, strict=True)
+        ]
+        async with self._running(inbox_container) as run:
+            # Each sample twice: in one request, the second copy a duplicate of the first.
+            await publish(inbox_topic.host, inbox_topic.topic, messages + messages)
+
+            async def settled() -> bool:
+                for event_id in ids:
+                    stored = await run.repository.get(run.consumer, event_id)
+                    if stored is not None and stored.status is models.InboxStatus.DEAD:
+                        raise AssertionError(
+                            f"sample {stored.event_type} ({event_id}) is dead: {stored.last_error}"
+                        )
+                    if stored is None or stored.status is not models.InboxStatus.PROCESSED:
+                        return False
+                return run.receiver.stats.duplicates >= len(ids)
+
+            await wait_until(settled, self.wait_timeout, "every sample processed, duplicates seen")
+            stored = [await self._stored(run, event_id) for event_id in ids]
+        for sample, event_id, row in zip(samples, ids, stored, strict=True):
+            assert self.service_calls[event_id] == 1, (
+                f"the handler of {sample.event_type} ran {self.service_calls[event_id]} times"
+            )
+            assert row.delivery_attempts == 1, f"{sample.event_type} needed a retry"
 
 
 _SUCCESS = observability.INBOX_SUCCESS

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from outbox_di import models
 from outbox_di.containers import OutboxContainer
+from outbox_di.inbox.handlers import InboxHandlers
 from outbox_di.testing import pubsub as pubsub_testing
-from outbox_di.testing.inbox_suite import InboxContract, InboxTopic
+from outbox_di.testing.inbox_suite import InboxContract, InboxSample, InboxTopic
 from outbox_di.testing.pubsub import EmulatorEndpoint, TopicWithSubscription
 
 pytestmark = pytest.mark.integration
@@ -38,13 +40,39 @@ def inbox_topic(
 
 
 @pytest.fixture
+def received_skus() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def inbox_samples() -> list[InboxSample]:
+    """Events the handler below accepts (a service lists a few of each type it handles)."""
+    return [
+        InboxSample(
+            "catalog.item_created",
+            b'{"sku": "A-1"}',
+            {"aggregate_type": "item", "aggregate_id": "A-1"},
+        ),
+        InboxSample("catalog.item_created", b'{"sku": "B-2"}'),
+    ]
+
+
+@pytest.fixture
 def inbox_container(
     outbox_schema: str,
     outbox_dsn: str,
     pubsub_emulator: EmulatorEndpoint,
     contract_topic: TopicWithSubscription,
+    received_skus: list[str],
 ) -> Iterator[Any]:
+    handlers = InboxHandlers()
+
+    @handlers.on("catalog.item_created")
+    async def remember_item(event: models.InboxEvent) -> None:
+        received_skus.append(event.json()["sku"])
+
     yield OutboxContainer(
+        inbox_handlers=handlers,
         config={
             "schema": outbox_schema,
             "dsn": outbox_dsn,
@@ -61,7 +89,7 @@ def inbox_container(
                 "retry_delay": "10ms",
                 "shutdown_timeout": "2s",
             },
-        }
+        },
     )
 
 
