@@ -347,6 +347,19 @@ class InboxReceiver:
                 )
                 await self._sleep(delay)
                 continue
+            except Exception as exc:  # a bug of ours must not stop receiving for good
+                outages += 1
+                self.stats.outages += 1
+                delay = self._outage_delay(outages)
+                self.logger.error(
+                    "inbox receiver %d: unexpected error; the batch is redelivered after its "
+                    "ack deadline; retrying in %.1fs",
+                    number,
+                    delay,
+                    exc_info=exc,
+                )
+                await self._sleep(delay)
+                continue
             if recorded is not None:
                 outages = 0
 

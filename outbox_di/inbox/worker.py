@@ -269,7 +269,7 @@ class InboxWorker:
             wake = self._wake
             try:
                 claimed = await self.run_once(number)
-            except errors.DatabaseError as exc:
+            except Exception as exc:  # the loop must outlive an outage, or a bug of ours
                 outages += 1
                 self.stats.outages += 1
                 delay = backoff.retry_delay(
@@ -280,12 +280,21 @@ class InboxWorker:
                     jitter=0.2,
                     rng=self._rng,
                 )
-                self.logger.warning(
-                    "inbox worker %d: database unavailable (%s); retrying in %.1fs",
-                    number,
-                    exc,
-                    delay,
-                )
+                if isinstance(exc, errors.DatabaseError):
+                    self.logger.warning(
+                        "inbox worker %d: database unavailable (%s); retrying in %.1fs",
+                        number,
+                        exc,
+                        delay,
+                    )
+                else:
+                    self.logger.error(
+                        "inbox worker %d: unexpected error; its claim is due again after "
+                        "lock_ttl; retrying in %.1fs",
+                        number,
+                        delay,
+                        exc_info=exc,
+                    )
                 await self._sleep(delay)
                 continue
             outages = 0

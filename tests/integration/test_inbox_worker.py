@@ -576,3 +576,27 @@ async def test_timeouts_of_first_and_later_handlers_of_a_batch(
         stored = await _stored(inbox_repository, event_id)
         assert stored.status is models.InboxStatus.DEAD
         assert stored.last_error == "handler timed out after 0.2s (dead after 1 attempts)"
+
+
+class _ClaimFailsOnce(repository.InboxRepository):
+    """A repository whose first claim fails with an error that is not a database outage."""
+
+    failed = False
+
+    async def claim(self, *args: Any, **kwargs: Any) -> list[models.InboxEvent]:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("unexpected")
+        return await super().claim(*args, **kwargs)
+
+
+async def test_a_worker_loop_outlives_an_unexpected_error(
+    outbox_pool: Any, inbox_repository: repository.InboxRepository, outbox_dsn: str
+) -> None:
+    flaky = _ClaimFailsOnce(outbox_pool, inbox_repository.schema)
+    [event_id] = await _record(flaky, _message())
+    worker = _worker(flaky, outbox_dsn, {"order.placed": _noop}, workers=1)
+    async with worker:
+        await _until(lambda: worker.stats.processed == 1)
+    assert flaky.failed and worker.stats.outages == 1
+    assert (await _stored(flaky, event_id)).status is models.InboxStatus.PROCESSED
