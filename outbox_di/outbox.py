@@ -52,9 +52,21 @@ class Outbox:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Any]:
-        """An aiopg cursor inside a transaction on the library's pool; commits on success."""
+        """An aiopg cursor inside a transaction on the library's pool; commits on success,
+        rolls back on an exception (a request cancelled by its server included)."""
+        queries = self.repository.queries
         try:
-            async with self.pool.acquire() as conn, conn.cursor() as cursor, cursor.begin():
-                yield cursor
+            async with self.pool.acquire() as conn, conn.cursor() as cursor:
+                await cursor.execute(queries["transaction_begin"].sql)
+                try:
+                    yield cursor
+                except BaseException:
+                    # aiopg closes the connection when a statement is cancelled; a failed
+                    # rollback must not hide the error that caused it.
+                    if not conn.closed:
+                        with contextlib.suppress(psycopg2.Error):
+                            await cursor.execute(queries["transaction_rollback"].sql)
+                    raise
+                await cursor.execute(queries["transaction_commit"].sql)
         except psycopg2.Error as exc:
             raise errors.DatabaseError(f"outbox transaction failed: {exc}") from exc

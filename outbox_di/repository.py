@@ -535,6 +535,28 @@ class InboxRepository:
             return await sessions.execute(session, self.queries["inbox_mark_processed"], values)
         return await self._db.change("inbox_mark_processed", values)
 
+    async def mark_processed_ids(
+        self,
+        consumer: str,
+        event_ids: Iterable[str],
+        lock_token: uuid.UUID,
+        processed_at: dt.datetime,
+    ) -> set[str]:
+        """``mark_processed`` on the pool, telling which rows it changed (not only how many)."""
+        ids = list(event_ids)
+        if not ids:
+            return set()
+        rows = await self._db.fetch(
+            "inbox_mark_processed",
+            {
+                "consumer": consumer,
+                "event_ids": ids,
+                "lock_token": str(lock_token),
+                "processed_at": processed_at,
+            },
+        )
+        return {row[0] for row in rows}
+
     async def record_error(
         self,
         consumer: str,

@@ -374,10 +374,10 @@ class InboxWorker:
 
         succeeded = [o.event for o in outcomes if o.ok and not o.done]
         if succeeded:
-            changed = await self.repository.mark_processed(
+            marked = await self.repository.mark_processed_ids(
                 self.consumer, [e.event_id for e in succeeded], token, models.utcnow()
             )
-            self._count_processed(number, succeeded, changed)
+            self._count_processed(number, succeeded, marked)
         for outcome in outcomes:
             claim.event_ids.discard(outcome.event.event_id)
         if failure is not None:
@@ -388,11 +388,11 @@ class InboxWorker:
         return len(events)
 
     def _count_processed(
-        self, number: int, events: Sequence[models.InboxEvent], changed: int
+        self, number: int, events: Sequence[models.InboxEvent], marked: set[str]
     ) -> None:
-        self.stats.processed += changed
-        if changed < len(events):
-            lost = len(events) - changed
+        self.stats.processed += len(marked)
+        if len(marked) < len(events):
+            lost = len(events) - len(marked)
             self.stats.lease_lost += lost
             self.logger.warning(
                 "inbox worker %d: lease lost on %d of %d handled events (another worker took "
@@ -401,10 +401,11 @@ class InboxWorker:
                 lost,
                 len(events),
             )
-        if self.metrics.enabled and changed == len(events):
+        if self.metrics.enabled:
             counts: dict[str, int] = {}
             for event in events:
-                counts[event.event_type] = counts.get(event.event_type, 0) + 1
+                if event.event_id in marked:
+                    counts[event.event_type] = counts.get(event.event_type, 0) + 1
             for event_type, count in counts.items():
                 self.metrics.processed(event_type, count)
 
@@ -505,7 +506,7 @@ class InboxWorker:
         queries = self.repository.queries
         try:
             async with pool.acquire() as conn, conn.cursor() as cursor:
-                await cursor.execute(queries["inbox_handler_begin"].sql)
+                await cursor.execute(queries["transaction_begin"].sql)
                 try:
                     await self._call(group, handler(event, cursor))
                     changed = await self.repository.mark_processed(
@@ -515,9 +516,9 @@ class InboxWorker:
                         raise _LeaseLost
                 except BaseException:
                     if not conn.closed:  # aiopg closes it when a statement is cancelled
-                        await cursor.execute(queries["inbox_handler_rollback"].sql)
+                        await cursor.execute(queries["transaction_rollback"].sql)
                     raise
-                await cursor.execute(queries["inbox_handler_commit"].sql)
+                await cursor.execute(queries["transaction_commit"].sql)
         except _LeaseLost:
             self.stats.lease_lost += 1
             self.logger.warning(

@@ -241,13 +241,15 @@ RETURNING e.event_id, e.seq, e.message_id, e.aggregate_type, e.aggregate_id, e.e
           e.delivery_attempts, e.last_error;
 
 -- name: inbox_mark_processed
+-- Returns the ids it marked: after a partial lease loss the worker counts exactly those.
 UPDATE {{schema}}.inbox_events
 SET status = 'processed',
     processed_at = CAST(%(processed_at)s AS timestamptz)
 WHERE consumer = %(consumer)s
   AND event_id = ANY(CAST(%(event_ids)s AS text[]))
   AND lock_token = CAST(%(lock_token)s AS uuid)
-  AND status = 'pending';
+  AND status = 'pending'
+RETURNING event_id;
 
 -- name: inbox_record_error
 UPDATE {{schema}}.inbox_events
@@ -303,14 +305,17 @@ WHERE (consumer, event_id) IN (
     FOR UPDATE SKIP LOCKED
 );
 
--- name: inbox_handler_begin
--- The transaction of a transactional handler: its writes and inbox_mark_processed commit together.
+-- name: transaction_begin
+-- An explicit transaction on the library's (autocommit) aiopg pool: a transactional inbox
+-- handler's writes commit with inbox_mark_processed; the Outbox facade's own transaction.
+-- Driven by these statements rather than aiopg's Transaction object, which a cancel inside
+-- BEGIN or COMMIT leaves open (a ResourceWarning when it is collected).
 BEGIN;
 
--- name: inbox_handler_commit
+-- name: transaction_commit
 COMMIT;
 
--- name: inbox_handler_rollback
+-- name: transaction_rollback
 ROLLBACK;
 
 -- name: inbox_contract_effects_create

@@ -315,6 +315,46 @@ async def test_transactional_handler_rolls_back_when_its_lease_was_lost(
     assert stored.lock_token == thief
 
 
+async def test_partial_lease_loss_counts_exactly_the_events_marked(
+    outbox_pool: Any, inbox_repository: repository.InboxRepository, outbox_dsn: str
+) -> None:
+    """Two plain handlers of one batch; another worker takes one lease meanwhile: one event
+    is marked processed, and the success metric counts that one (not zero, not two)."""
+    schema = inbox_repository.schema
+    kept, stolen = await _record(inbox_repository, _message(), _message())
+    arrived: list[str] = []
+    both_running = asyncio.Event()
+
+    async def handle(event: models.InboxEvent) -> None:
+        # Both claimed in one batch, both handled concurrently.
+        arrived.append(event.event_id)
+        if len(arrived) == 2:
+            both_running.set()
+        await asyncio.wait_for(both_running.wait(), 10)
+        if event.event_id == stolen:
+            async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
+                await cursor.execute(
+                    _in_schema(
+                        "UPDATE {}.inbox_events SET lock_token = %s WHERE event_id = %s", schema
+                    ),
+                    (str(uuid.uuid4()), stolen),
+                )
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    worker = _worker(
+        inbox_repository, outbox_dsn, {"order.placed": handle}, meter=provider.get_meter("t")
+    )
+    async with worker:
+        await _until(lambda: worker.stats.lease_lost == 1)
+    assert worker.stats.processed == 1
+    assert (await _stored(inbox_repository, kept)).status is models.InboxStatus.PROCESSED
+    assert (await _stored(inbox_repository, stolen)).status is models.InboxStatus.PENDING
+    success = metric_points(reader)[observability.INBOX_SUCCESS]
+    assert sum(point.value for point in success) == 1
+    provider.shutdown()
+
+
 async def test_stop_drains_in_flight_handlers(
     inbox_repository: repository.InboxRepository, outbox_dsn: str
 ) -> None:
