@@ -19,10 +19,12 @@ RELAY_SETTINGS: Mapping[str, str] = {
     # at-least-once delivery allows: the relay need not wait for its commits to be flushed.
     # Never for a pool that services enqueue through.
     "synchronous_commit": "off",
-    # The claim must be an ordered scan of the due index that stops after `limit` rows. With
-    # statistics from a nearly empty table (a burst after a quiet period) the planner prefers a
-    # bitmap scan of every due row plus a sort, whose cost grows with the backlog.
+    # Every relay statement is bounded by its batch: the claim an ordered scan of the due index
+    # that stops after `limit` rows, the marks primary-key lookups. With statistics from a
+    # nearly empty table (a burst after a quiet period) the planner prefers a bitmap scan of
+    # every due row plus a sort, or a sequential scan: costs that grow with the backlog.
     "enable_bitmapscan": "off",
+    "enable_seqscan": "off",
 }
 """Session settings of the relay's own connections (``OutboxContainer.relay_pool``)."""
 
