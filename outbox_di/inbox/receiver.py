@@ -22,7 +22,6 @@ off. The client is created in ``start()``, inside the running event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -39,8 +38,8 @@ from google.pubsub_v1.types import (
 )
 from opentelemetry.metrics import Meter
 
+from outbox_di import aio, errors, models, observability
 from outbox_di import config as config_module
-from outbox_di import errors, models, observability
 from outbox_di.publishing import backoff
 from outbox_di.repository import InboxRepository
 
@@ -297,10 +296,7 @@ class InboxReceiver:
             pull.cancel()
         if self._loops:
             _, pending = await asyncio.wait(self._loops, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+            await aio.cancel_and_wait(pending, self.logger)
         await self._close_client()
 
     async def _close_client(self) -> None:
@@ -375,8 +371,7 @@ class InboxReceiver:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but not past stop()."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+        await aio.wait_event(self._stop_requested, seconds)
 
     async def _pull(self, number: int, max_messages: int) -> list[Any]:
         request = PullRequest.wrap(

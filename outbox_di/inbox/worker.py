@@ -44,8 +44,8 @@ from opentelemetry import trace
 from opentelemetry.metrics import Meter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from outbox_di import aio, errors, models, observability
 from outbox_di import config as config_module
-from outbox_di import errors, models, observability
 from outbox_di.inbox import handlers as handlers_module
 from outbox_di.publishing import backoff
 from outbox_di.repository import InboxRepository
@@ -58,20 +58,6 @@ _STATS_INTERVAL = 5.0
 _PURGE_PAUSE = 0.01  # between two purge batches: let claims and inserts in
 _PROPAGATOR = TraceContextTextMapPropagator()
 _NO_SPAN = contextlib.nullcontext()
-
-
-if sys.version_info >= (3, 11):
-
-    async def _within(timeout: float, awaitable: Awaitable[None]) -> None:
-        """``await awaitable``, ``TimeoutError`` after ``timeout`` seconds; no extra task
-        (``asyncio.wait_for`` makes one per call before Python 3.12, a cost per event)."""
-        async with asyncio.timeout(timeout):
-            await awaitable
-
-else:  # pragma: no cover - Python 3.10
-
-    async def _within(timeout: float, awaitable: Awaitable[None]) -> None:
-        await asyncio.wait_for(awaitable, timeout)
 
 
 class _LeaseLost(Exception):
@@ -227,10 +213,7 @@ class InboxWorker:
         self._notify()
         if self._workers:
             _, pending = await asyncio.wait(self._workers, timeout=deadline)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+            await aio.cancel_and_wait(pending, self.logger)
         for task in self._helpers:
             task.cancel()
         for task in self._helpers:
@@ -310,13 +293,11 @@ class InboxWorker:
             heapq.heappop(self._retries_due)
         if self._retries_due:
             timeout = min(timeout, self._retries_due[0] - now + 0.001)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout)
+        await aio.wait_event(wake, timeout)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but not past stop()."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+        await aio.wait_event(self._stop_requested, seconds)
 
     def _notify(self) -> None:
         """Wake every idle loop; the next waiters get a fresh event."""
@@ -419,7 +400,7 @@ class InboxWorker:
     async def _call(self, group: _Group, awaitable: Awaitable[None]) -> None:
         """Await a handler within ``handler_timeout``; ``asyncio.TimeoutError`` past it."""
         if group.started:
-            await _within(self.settings.handler_timeout, awaitable)
+            await aio.within(self.settings.handler_timeout, awaitable)
             return
         group.in_first = True
         try:

@@ -31,8 +31,8 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.metrics import Meter
 
+from outbox_di import aio, errors, models, observability
 from outbox_di import config as config_module
-from outbox_di import errors, models, observability
 from outbox_di.publishing import backoff, base
 from outbox_di.repository import OutboxRepository
 
@@ -125,10 +125,7 @@ class PublisherTask:
         self._notify()
         if self._workers:
             _, pending = await asyncio.wait(self._workers, timeout=deadline)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+            await aio.cancel_and_wait(pending, self.logger)
         for task in self._helpers:
             task.cancel()
         for task in self._helpers:
@@ -195,13 +192,11 @@ class PublisherTask:
     async def _idle(self, wake: asyncio.Event) -> None:
         if self._stopping:
             return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(wake.wait(), self.settings.tick_interval)
+        await aio.wait_event(wake, self.settings.tick_interval)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but not past stop()."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+        await aio.wait_event(self._stop_requested, seconds)
 
     def _notify(self) -> None:
         """Wake every idle loop; the next waiters get a fresh event."""
@@ -257,8 +252,8 @@ class PublisherTask:
 
     async def _publish(self, events: Sequence[models.OutboxEvent]) -> Sequence[base.PublishOutcome]:
         try:
-            outcomes = await asyncio.wait_for(
-                self.publisher.publish(events), self.settings.publish_timeout
+            outcomes = await aio.within(
+                self.settings.publish_timeout, self.publisher.publish(events)
             )
         except asyncio.TimeoutError:
             error = f"publish timed out after {self.settings.publish_timeout:g}s"
