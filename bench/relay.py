@@ -117,12 +117,15 @@ async def library_throughput(dsn: str, host: str, rows: int, workers: int) -> fl
         cfg = make_config(name, dsn, host, workers=workers)
         async with database.open_pool(dsn, max_size=4) as pool:
             await prefill(pool, repository.OutboxRepository(pool, name), rows)
-        # As OutboxContainer.relay_pool opens it.
+        # As OutboxContainer.relay_pool opens it, its connections open before the clock starts
+        # (the baselines' are too).
         async with database.open_pool(
-            dsn, max_size=workers + 2, settings=database.RELAY_SETTINGS
+            dsn, min_size=workers + 2, max_size=workers + 2, settings=database.RELAY_SETTINGS
         ) as pool:
             repo = repository.OutboxRepository(pool, name)
             publisher = pubsub.PubSubPublisher(cfg)
+            # A running service's client is connected: the channel and the topic check too.
+            await publisher.start()
             relay = PublisherTask(cfg, repo, publisher)
             started = time.perf_counter()
             await relay.start()
@@ -160,6 +163,11 @@ def _raw_message(
     return _PB_MESSAGE(data=bytes(payload), attributes=attributes)
 
 
+async def warm(client: Any, topic: str) -> None:
+    """Connect the client's channel before the clock starts, as the library's start() does."""
+    await client.get_topic(topic=topic, timeout=10)
+
+
 async def raw_publish(client: Any, topic: str, messages: list[Any]) -> None:
     request = PublishRequest.wrap(_PB_REQUEST(topic=topic, messages=messages))
     await client.publish(request=request, timeout=10, retry=None)
@@ -190,6 +198,7 @@ async def asyncpg_baseline(
             },
         )
         assert conn_pool is not None
+        await warm(client, topic)
 
         async def loop() -> None:
             nonlocal done
@@ -224,13 +233,14 @@ async def aiopg_baseline(dsn: str, host: str, rows: int, loops: int) -> float:
     """The same hand-written loop on aiopg (psycopg2), the library's pool driver."""
     name = fresh_schema(dsn)
     try:
-        async with database.open_pool(dsn, max_size=loops + 2) as pool:
+        async with database.open_pool(dsn, min_size=loops, max_size=loops + 2) as pool:
             await prefill(pool, repository.OutboxRepository(pool, name), rows)
             queries = schema.Queries(name)
             claim = queries["outbox_claim"].sql
             mark = queries["outbox_mark_published"].sql
             client = pubsub.make_emulator_client(host)
             topic = f"projects/{PROJECT}/topics/{TOPIC}"
+            await warm(client, topic)
             done = 0
 
             async def loop() -> None:
