@@ -283,6 +283,16 @@ def _publisher_lease(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
         )
 
 
+def _inbox_lease(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
+    # A claim must outlive one handler run, or a slow handler lets a second worker run it too.
+    if not values["lock_ttl"] > values["handler_timeout"]:
+        yield (
+            f"{prefix}lock_ttl: must be greater than {prefix}handler_timeout "
+            f"({values['handler_timeout']!r}) so a lease outlives one handler run, "
+            f"got {values['lock_ttl']!r}"
+        )
+
+
 def _inbox_source(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
     if values["enabled"] and not values["subscription"]:
         yield f"{prefix}subscription: required when {prefix}enabled is true"
@@ -369,14 +379,17 @@ class InboxConfig:
     lock_ttl: float = _setting(30.0, parse_duration, _positive)
     max_attempts: int = _setting(10, _as_int, _at_least(1))
     retry_delay: float = _setting(1.0, parse_duration, _at_least(0.0))
-    handler_timeout: float = _setting(30.0, parse_duration, _positive)
+    handler_timeout: float = _setting(10.0, parse_duration, _positive)
     retention: float = _setting(7 * 86400.0, parse_duration, _positive)
     max_messages: int = _setting(1000, _as_int, _at_least(1))
     max_bytes: int = _setting(100 * 1024 * 1024, _as_int, _at_least(1))
     shutdown_timeout: float = _setting(10.0, parse_duration, _positive)
     metrics_enabled: bool = _setting(True, _as_bool)
 
-    _rules: ClassVar[tuple[_Rule, ...]] = (_Rule(("enabled", "subscription"), _inbox_source),)
+    _rules: ClassVar[tuple[_Rule, ...]] = (
+        _Rule(("enabled", "subscription"), _inbox_source),
+        _Rule(("lock_ttl", "handler_timeout"), _inbox_lease),
+    )
 
     def consumer_name(self, schema: str) -> str:
         """``consumer`` if set, else the schema, so a single service needs no consumer name."""

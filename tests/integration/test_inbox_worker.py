@@ -223,7 +223,13 @@ async def test_a_dead_workers_lease_expires_and_another_worker_processes_it(
         seen.append(event.event_id)
 
     started = time.monotonic()
-    worker = _worker(inbox_repository, outbox_dsn, {"order.placed": handle}, lock_ttl="500ms")
+    worker = _worker(
+        inbox_repository,
+        outbox_dsn,
+        {"order.placed": handle},
+        lock_ttl="500ms",
+        handler_timeout="400ms",
+    )
     async with worker:
         await _until(lambda: worker.stats.processed == 1)
     assert time.monotonic() - started >= 0.4

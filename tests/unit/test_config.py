@@ -73,7 +73,7 @@ def test_defaults_match_the_documented_tree() -> None:
         lock_ttl=30.0,
         max_attempts=10,
         retry_delay=1.0,
-        handler_timeout=30.0,
+        handler_timeout=10.0,
         retention=7 * 24 * 3600.0,
         max_messages=1000,
         max_bytes=100 * 1024 * 1024,
@@ -406,6 +406,14 @@ def test_publisher_lease_must_outlive_a_publish(lock_ttl: str) -> None:
         "publisher.lock_ttl: must be greater than publisher.publish_timeout (10.0)"
     )
     config.OutboxConfig.from_mapping(with_value("publisher.lock_ttl", "10.5s"))
+
+
+@pytest.mark.parametrize("lock_ttl", ["10s", "2s"])
+def test_inbox_lease_must_outlive_a_handler_run(lock_ttl: str) -> None:
+    data = with_value("inbox.lock_ttl", lock_ttl)
+    (problem,) = problems_of(data)
+    assert problem.startswith("inbox.lock_ttl: must be greater than inbox.handler_timeout (10.0)")
+    config.OutboxConfig.from_mapping(with_value("inbox.lock_ttl", "11s"))
 
 
 def test_backoff_cap_must_cover_the_first_delay() -> None:
