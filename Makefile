@@ -43,8 +43,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/inbox.py
 
+# pyenv's interpreters, when present, are put on the PATH so that tox finds 3.10-3.13.
+PYENV_BINS := $(wildcard $(HOME)/.pyenv/versions/3.1[0-3]*/bin)
+empty :=
+space := $(empty) $(empty)
+
 tox: $(STAMP)
-	$(BIN)/tox run-parallel
+	PATH="$(if $(PYENV_BINS),$(subst $(space),:,$(PYENV_BINS)):)$$PATH" $(BIN)/tox run-parallel
 
 clean:
 	rm -rf $(VENV) .tox .mypy_cache .ruff_cache .pytest_cache build *.egg-info
