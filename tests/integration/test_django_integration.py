@@ -26,12 +26,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import django  # type: ignore[import-untyped]
 import psycopg2
 import psycopg2.extensions
 import pytest
 from dependency_injector.wiring import Provide, inject
-from django.conf import settings  # type: ignore[import-untyped]
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 from django.db import connections  # type: ignore[import-untyped]
 from django.db import transaction as django_transaction
@@ -56,6 +54,7 @@ from outbox_di.integrations.django import autostart, conf, runner
 from outbox_di.integrations.django.asgi import OutboxLifespan
 from outbox_di.publishing.base import InMemoryPublisher
 from outbox_di.testing.pubsub import EmulatorEndpoint, temporary_topic
+from tests.integration import support
 
 pytestmark = pytest.mark.integration
 
@@ -73,32 +72,10 @@ HANDLER_MAPPING = {"item.created": _record}
 NOT_HANDLERS = 42
 
 
-def _dsn_parts(dsn: str) -> dict[str, str]:
-    return psycopg2.extensions.parse_dsn(dsn)
+_dsn_parts = support.dsn_parts
 
 
-def _configure_django(dsn: str) -> None:
-    """Point Django's default database at the test server, once per process (the same
-    configuration as test_sessions.py, whichever module comes first)."""
-    if settings.configured:
-        return
-    parts = _dsn_parts(dsn)
-    settings.configure(
-        DATABASES={
-            "default": {
-                "ENGINE": "django.db.backends.postgresql",
-                "NAME": parts.get("dbname", "postgres"),
-                "USER": parts.get("user", ""),
-                "PASSWORD": parts.get("password", ""),
-                "HOST": parts.get("host", ""),
-                "PORT": parts.get("port", ""),
-            },
-            "sqlite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
-        },
-        INSTALLED_APPS=[],
-        USE_TZ=True,
-    )
-    django.setup()
+_configure_django = support.configure_django
 
 
 @contextlib.contextmanager

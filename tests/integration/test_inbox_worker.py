@@ -22,6 +22,7 @@ from psycopg2 import sql
 from outbox_di import config, models, observability, repository
 from outbox_di.inbox.worker import InboxWorker
 from outbox_di.testing.publisher_suite import metric_points
+from tests.integration import support
 
 pytestmark = pytest.mark.integration
 
@@ -546,21 +547,7 @@ async def test_a_transactional_handler_cancelled_during_its_commit_stays_atomic(
     aiopg closes the connection; no transaction object is left open (that would warn), and
     the effect and processed_at are both there or both not."""
     schema = inbox_repository.schema
-    async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
-        await cursor.execute(_in_schema("CREATE TABLE {}.slow (event_id text PRIMARY KEY)", schema))
-        await cursor.execute(
-            _in_schema(
-                "CREATE FUNCTION {}.sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
-                schema,
-            )
-        )
-        await cursor.execute(
-            sql.SQL(
-                "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {}.slow "
-                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {}.sleep_at_commit()"
-            ).format(sql.Identifier(schema), sql.Identifier(schema))
-        )
+    await support.create_slow_commit_table(outbox_pool, schema, "slow", "event_id")
     [event_id] = await _record(inbox_repository, _message())
     handled = asyncio.Event()
 

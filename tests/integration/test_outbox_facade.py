@@ -11,6 +11,7 @@ from psycopg2 import sql
 
 from outbox_di import errors, models, repository
 from outbox_di.outbox import Outbox
+from tests.integration import support
 
 pytestmark = pytest.mark.integration
 
@@ -47,22 +48,7 @@ async def test_a_request_cancelled_during_commit_stays_atomic(
     1 s): no aiopg transaction object is left open (that would warn when collected), and the
     item and its event are both stored or both not."""
     schema = outbox_repository.schema
-    async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
-        await cursor.execute(_in_schema("CREATE TABLE {}.items (name text PRIMARY KEY)", schema))
-        await cursor.execute(
-            _in_schema(
-                "CREATE FUNCTION {}.sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
-                schema,
-            )
-        )
-        await cursor.execute(
-            _in_schema(
-                "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {}.items "
-                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {}.sleep_at_commit()",
-                schema,
-            )
-        )
+    await support.create_slow_commit_table(outbox_pool, schema, "items", "name")
     outbox = Outbox(outbox_repository, outbox_pool)
     written = asyncio.Event()
 

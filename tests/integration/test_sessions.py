@@ -21,7 +21,6 @@ from typing import Any
 
 import aiopg
 import asyncpg  # type: ignore[import-untyped]
-import django  # type: ignore[import-untyped]
 import psycopg
 import psycopg2
 import psycopg2.extensions
@@ -35,6 +34,7 @@ from sqlalchemy import orm
 from sqlalchemy.ext import asyncio as sa_asyncio
 
 from outbox_di import database, errors, models, repository, sessions
+from tests.integration import support
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +54,7 @@ class _Rollback(Exception):
 # libpq parses all of them, and the drivers that do not use libpq get the parsed parts.
 
 
-def _dsn_parts(dsn: str) -> dict[str, str]:
-    return psycopg2.extensions.parse_dsn(dsn)
+_dsn_parts = support.dsn_parts
 
 
 def _asyncpg_kwargs(dsn: str) -> dict[str, Any]:
@@ -86,28 +85,7 @@ def _sqlalchemy_url(dsn: str, driver: str) -> sqlalchemy.URL:
     )
 
 
-def _configure_django(dsn: str) -> None:
-    """Point Django's default database at the test server, once per process."""
-    if settings.configured:
-        return
-    parts = _dsn_parts(dsn)
-    settings.configure(
-        DATABASES={
-            "default": {
-                "ENGINE": "django.db.backends.postgresql",
-                "NAME": parts.get("dbname", "postgres"),
-                "USER": parts.get("user", ""),
-                "PASSWORD": parts.get("password", ""),
-                "HOST": parts.get("host", ""),
-                "PORT": parts.get("port", ""),
-            },
-            # Never connected to: only shows that a non-PostgreSQL database is refused.
-            "sqlite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
-        },
-        INSTALLED_APPS=[],
-        USE_TZ=True,
-    )
-    django.setup()
+_configure_django = support.configure_django
 
 
 # -- async openers: one per driver, each the unit of work a service would write --------------
