@@ -214,7 +214,7 @@ def test_worker_with_a_missing_topic_exits_cleanly_naming_it(
         }
     )
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "outbox_di.cli", "worker"],
+        [sys.executable, "-W", "error::ResourceWarning", "-m", "outbox_di.cli", "worker"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
