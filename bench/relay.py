@@ -365,6 +365,7 @@ class Results:
     asyncpg_raw: list[float] = dataclasses.field(default_factory=list)
     aiopg_raw: list[float] = dataclasses.field(default_factory=list)
     asyncpg_relay_settings: list[float] = dataclasses.field(default_factory=list)
+    asyncpg_one_loop: list[float] = dataclasses.field(default_factory=list)
     lag_memory: tuple[float, float, int] = (0.0, 0.0, 0)
     lag_emulator: tuple[float, float, int] = (0.0, 0.0, 0)
 
@@ -384,6 +385,7 @@ async def run(args: argparse.Namespace, dsn: str, host: str, pubsub_name: str) -
         results.asyncpg_relay_settings.append(
             await asyncpg_baseline(dsn, host, args.rows, loops=2, relay_settings=True)
         )
+        results.asyncpg_one_loop.append(await asyncpg_baseline(dsn, host, args.rows, loops=1))
         print(
             f"  round {round_number + 1}/{args.rounds}: library {results.library_2w[-1]:,.0f}/s, "
             f"asyncpg {results.asyncpg_raw[-1]:,.0f}/s, 1 worker {results.library_1w[-1]:,.0f}/s, "
@@ -416,6 +418,11 @@ def report(results: Results, rate: float) -> None:
         f"({tuned:,.0f} events/s; information)"
     )
     print(f"2 workers vs 1: {_goal(library / one, 1.6)}")
+    raw_one = statistics.median(results.asyncpg_one_loop)
+    print(
+        f"raw asyncpg 2 loops vs 1: {raw_asyncpg / raw_one:.2f}x ({raw_one:,.0f} events/s with "
+        "one loop; information: how far two loops scale on this machine at all)"
+    )
     for label, (p50, p99, lost) in (
         ("in-memory publisher", results.lag_memory),
         (results.pubsub, results.lag_emulator),
