@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from outbox_di import containers, errors, observability, settings
@@ -27,28 +26,10 @@ async def serve(container: containers.OutboxContainer, stop: asyncio.Event) -> N
 def load_handlers(reference: str) -> handlers_module.InboxHandlers:
     """The handlers named by ``"package.module:attribute"`` (an ``InboxHandlers`` or a mapping
     of event type to handler)."""
-    module_name, _, attribute = reference.partition(":")
-    if not module_name or not attribute:
-        raise errors.ConfigError(
-            [f"--handlers: expected 'package.module:attribute', got {reference!r}"]
-        )
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise errors.ConfigError(
-            [f"--handlers: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?"]
-        ) from exc
-    found: Any = getattr(module, attribute, None)
-    if isinstance(found, handlers_module.InboxHandlers):
-        return found
-    if isinstance(found, Mapping):
-        return handlers_module.InboxHandlers(found)
-    raise errors.ConfigError(
-        [
-            f"--handlers: {reference!r} is {type(found).__name__}, not an InboxHandlers or a "
-            "mapping of event type to handler"
-        ]
-    )
+        return handlers_module.resolve(reference)
+    except ValueError as exc:
+        raise errors.ConfigError([f"--handlers: {exc}"]) from exc
 
 
 def run(

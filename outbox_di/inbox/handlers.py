@@ -19,6 +19,7 @@ It is a read-only mapping for the worker; registration happens before the worker
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -73,6 +74,43 @@ class InboxHandlers(Mapping[str, Handler]):
     def __repr__(self) -> str:
         inner = ", ".join(f"{key!r}: {_name(value)}" for key, value in self._handlers.items())
         return f"InboxHandlers({{{inner}}})"
+
+
+def resolve(value: object) -> InboxHandlers:
+    """The handlers that ``value`` names: an ``InboxHandlers``, a mapping of event type to
+    handler, or the import path of either (``"pkg.module:handlers"`` or
+    ``"pkg.module.handlers"``). ``ValueError`` says what is wrong; callers put their own key in
+    front (``--handlers``, ``OUTBOX.inbox_handlers``)."""
+    found = _import(value) if isinstance(value, str) else value
+    if isinstance(found, InboxHandlers):
+        return found
+    if isinstance(found, Mapping):
+        try:
+            return InboxHandlers(found)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from exc
+    raise ValueError(
+        f"must be an InboxHandlers (or the dotted path of one), got {type(found).__name__}; "
+        "a mapping of event type to handler works too"
+    )
+
+
+def _import(path: str) -> object:
+    module_name, colon, attribute = path.partition(":")
+    if not colon:
+        module_name, _, attribute = path.rpartition(".")
+    if not module_name or not attribute:
+        raise ValueError(f"expected 'package.module:attribute', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from exc
+    try:
+        return getattr(module, attribute)
+    except AttributeError as exc:
+        raise ValueError(
+            f"cannot import {path!r}: module {module_name!r} has no attribute {attribute!r}"
+        ) from exc
 
 
 def _name(handler: Any) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from outbox_di import models
-from outbox_di.inbox.handlers import InboxHandlers
+from outbox_di.inbox.handlers import InboxHandlers, resolve
 
 
 async def _first(event: models.InboxEvent) -> None:
@@ -45,3 +47,37 @@ def test_bad_registrations_are_refused() -> None:
         handlers.register("item.created", "not a function")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least one event type"):
         handlers.on()
+
+
+HANDLERS = InboxHandlers({"item.created": _first})
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        HANDLERS,
+        "tests.unit.test_inbox_handlers:HANDLERS",
+        "tests.unit.test_inbox_handlers.HANDLERS",
+    ],
+)
+def test_resolve_an_object_or_its_import_path(reference: object) -> None:
+    assert resolve(reference) is HANDLERS
+
+
+def test_resolve_wraps_a_mapping() -> None:
+    assert dict(resolve({"item.created": _second})) == {"item.created": _second}
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("nothing", "expected 'package.module:attribute', got 'nothing'"),
+        ("no_such_module:handlers", "cannot import 'no_such_module'"),
+        ("tests.unit.test_inbox_handlers:MISSING", "has no attribute 'MISSING'"),
+        (3, "must be an InboxHandlers (or the dotted path of one), got int"),
+        ({"": _first}, "non-empty string"),
+    ],
+)
+def test_resolve_says_what_is_wrong(reference: object, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve(reference)

@@ -20,14 +20,12 @@ is both Django's ``ImproperlyConfigured`` and the library's ``ConfigError``.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg2.extensions
 from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 from django.db import DEFAULT_DB_ALIAS  # type: ignore[import-untyped]
-from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
 from outbox_di import config, errors
 from outbox_di.inbox import handlers as handlers_module
@@ -179,32 +177,13 @@ def _in_setting(problem: str) -> str:
 def _load_handlers(value: object, problems: list[str]) -> handlers_module.InboxHandlers | None:
     """``inbox_handlers``: an ``InboxHandlers``, a mapping, or the dotted path of either
     (``"pkg.module.handlers"``; ``"pkg.module:handlers"`` as for ``outbox-di worker``)."""
-    key = f"{SETTING}.inbox_handlers"
-    found: object = value
     if value is None:
         return None
-    if isinstance(value, str):
-        module_name, colon, attribute = value.partition(":")
-        try:
-            if colon:
-                found = getattr(importlib.import_module(module_name), attribute)
-            else:
-                found = import_string(value)
-        except (ImportError, AttributeError) as exc:
-            problems.append(f"{key}: cannot import {value!r}: {exc}")
-            return None
-    if isinstance(found, handlers_module.InboxHandlers):
-        return found
-    if isinstance(found, Mapping):
-        try:
-            return handlers_module.InboxHandlers(found)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"{key}: {exc}")
-            return None
-    problems.append(
-        f"{key}: must be an InboxHandlers (or the dotted path of one), got {type(found).__name__}"
-    )
-    return None
+    try:
+        return handlers_module.resolve(value)
+    except ValueError as exc:
+        problems.append(f"{SETTING}.inbox_handlers: {exc}")
+        return None
 
 
 def dsn_from_database(database: Mapping[str, Any]) -> str:
