@@ -522,18 +522,13 @@ class InboxRepository:
         session: object = None,
     ) -> int:
         """Mark rows processed; with ``session``, inside the handler's own transaction."""
+        if session is None:
+            return len(await self.mark_processed_ids(consumer, event_ids, lock_token, processed_at))
         ids = list(event_ids)
         if not ids:
             return 0
-        values = {
-            "consumer": consumer,
-            "event_ids": ids,
-            "lock_token": str(lock_token),
-            "processed_at": processed_at,
-        }
-        if session is not None:
-            return await sessions.execute(session, self.queries["inbox_mark_processed"], values)
-        return await self._db.change("inbox_mark_processed", values)
+        values = self._processed_values(consumer, ids, lock_token, processed_at)
+        return await sessions.execute(session, self.queries["inbox_mark_processed"], values)
 
     async def mark_processed_ids(
         self,
@@ -546,16 +541,19 @@ class InboxRepository:
         ids = list(event_ids)
         if not ids:
             return set()
-        rows = await self._db.fetch(
-            "inbox_mark_processed",
-            {
-                "consumer": consumer,
-                "event_ids": ids,
-                "lock_token": str(lock_token),
-                "processed_at": processed_at,
-            },
-        )
-        return {row[0] for row in rows}
+        values = self._processed_values(consumer, ids, lock_token, processed_at)
+        return {row[0] for row in await self._db.fetch("inbox_mark_processed", values)}
+
+    @staticmethod
+    def _processed_values(
+        consumer: str, ids: list[str], lock_token: uuid.UUID, processed_at: dt.datetime
+    ) -> dict[str, object]:
+        return {
+            "consumer": consumer,
+            "event_ids": ids,
+            "lock_token": str(lock_token),
+            "processed_at": processed_at,
+        }
 
     async def record_error(
         self,
