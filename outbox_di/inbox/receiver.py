@@ -318,46 +318,39 @@ class InboxReceiver:
         while not self._stopping:
             try:
                 recorded = await self.receive_once(number)
-            except errors.DatabaseError as exc:
+            except Exception as exc:  # an outage, or a bug of ours: receiving goes on
                 outages += 1
                 self.stats.outages += 1
                 delay = self._outage_delay(outages)
-                self.logger.warning(
-                    "inbox receiver %d: database unavailable (%s); nothing acked, retrying in "
-                    "%.1fs",
-                    number,
-                    exc,
-                    delay,
-                )
-                await self._sleep(delay)
-                continue
-            except google_exceptions.GoogleAPICallError as exc:
-                outages += 1
-                self.stats.outages += 1
-                delay = self._outage_delay(outages)
-                self.logger.warning(
-                    "inbox receiver %d: Pub/Sub call failed (%s); retrying in %.1fs",
-                    number,
-                    exc,
-                    delay,
-                )
-                await self._sleep(delay)
-                continue
-            except Exception as exc:  # a bug of ours must not stop receiving for good
-                outages += 1
-                self.stats.outages += 1
-                delay = self._outage_delay(outages)
-                self.logger.error(
-                    "inbox receiver %d: unexpected error; the batch is redelivered after its "
-                    "ack deadline; retrying in %.1fs",
-                    number,
-                    delay,
-                    exc_info=exc,
-                )
+                self._log_outage(number, exc, delay)
                 await self._sleep(delay)
                 continue
             if recorded is not None:
                 outages = 0
+
+    def _log_outage(self, number: int, exc: Exception, delay: float) -> None:
+        if isinstance(exc, errors.DatabaseError):
+            self.logger.warning(
+                "inbox receiver %d: database unavailable (%s); nothing acked, retrying in %.1fs",
+                number,
+                exc,
+                delay,
+            )
+        elif isinstance(exc, google_exceptions.GoogleAPICallError):
+            self.logger.warning(
+                "inbox receiver %d: Pub/Sub call failed (%s); retrying in %.1fs",
+                number,
+                exc,
+                delay,
+            )
+        else:
+            self.logger.error(
+                "inbox receiver %d: unexpected error; the batch is redelivered after its "
+                "ack deadline; retrying in %.1fs",
+                number,
+                delay,
+                exc_info=exc,
+            )
 
     def _outage_delay(self, outages: int) -> float:
         return backoff.retry_delay(

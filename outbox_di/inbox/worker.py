@@ -96,7 +96,7 @@ class _Group:
 
     Every group's first handler starts with the batch, so one timer (``asyncio.wait`` with
     ``handler_timeout`` in ``run_once``) times them all out, instead of one timer per handler;
-    the group's later handlers, which start later, get their own (``_within``).
+    the group's later handlers, which start later, get their own (``aio.within``).
     """
 
     events: list[models.InboxEvent]
