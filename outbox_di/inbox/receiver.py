@@ -22,6 +22,7 @@ off. The client is created in ``start()``, inside the running event loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import os
@@ -447,9 +448,7 @@ class InboxReceiver:
     def _count_duplicates(
         self, messages: Sequence[models.ReceivedMessage], new_by_type: dict[str, int]
     ) -> None:
-        received_by_type: dict[str, int] = {}
-        for message in messages:
-            received_by_type[message.event_type] = received_by_type.get(message.event_type, 0) + 1
+        received_by_type = collections.Counter(message.event_type for message in messages)
         for event_type, count in received_by_type.items():
             duplicates = count - new_by_type.get(event_type, 0)
             if duplicates:

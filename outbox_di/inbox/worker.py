@@ -27,6 +27,7 @@ transaction, ``SKIP LOCKED``), so the table stays small without a long lock or a
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -383,10 +384,7 @@ class InboxWorker:
                 len(events),
             )
         if self.metrics.enabled:
-            counts: dict[str, int] = {}
-            for event in events:
-                if event.event_id in marked:
-                    counts[event.event_type] = counts.get(event.event_type, 0) + 1
+            counts = collections.Counter(e.event_type for e in events if e.event_id in marked)
             for event_type, count in counts.items():
                 self.metrics.processed(event_type, count)
 
