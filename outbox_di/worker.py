@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from outbox_di import config as config_module
 from outbox_di import containers, errors, observability, settings
 from outbox_di.inbox import handlers as handlers_module
 
@@ -21,6 +22,33 @@ async def serve(container: containers.OutboxContainer, stop: asyncio.Event) -> N
         await stop.wait()
     finally:
         await containers.stop(container)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event that SIGINT or SIGTERM sets, for the block (in the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        yield stop
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signum)
+
+
+def describe(config: config_module.OutboxConfig) -> str:
+    """What a worker process runs, for its start-up line."""
+    loops = config.publisher.workers if config.publisher.enabled else 0
+    inbox = (
+        f"inbox of consumer {config.inbox_consumer!r} from {config.inbox.subscription!r}"
+        if config.inbox.enabled
+        else "no inbox"
+    )
+    return f"schema {config.schema!r}, {loops} publisher loop(s), {inbox}"
 
 
 def load_handlers(reference: str) -> handlers_module.InboxHandlers:
@@ -46,24 +74,10 @@ def run(
     config = container.settings()
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
-        observability.logger.info("outbox-di worker started for schema %r", config.schema)
-        inbox = (
-            f"inbox of consumer {config.inbox_consumer!r} from {config.inbox.subscription!r}"
-            if config.inbox.enabled
-            else "no inbox"
-        )
-        print(
-            f"outbox-di worker: schema {config.schema!r}, "
-            f"{config.publisher.workers if config.publisher.enabled else 0} publisher loop(s), "
-            f"{inbox}; stop with Ctrl-C or SIGTERM",
-            flush=True,
-        )
-        await serve(container, stop)
+        with stop_on_signals() as stop:
+            observability.logger.info("outbox-di worker started for schema %r", config.schema)
+            print(f"outbox-di worker: {describe(config)}; stop with Ctrl-C or SIGTERM", flush=True)
+            await serve(container, stop)
         print("outbox-di worker: stopped", flush=True)
 
     asyncio.run(main())

@@ -9,8 +9,6 @@ inbox. The in-flight batches drain within ``publisher.shutdown_timeout`` and
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 from typing import Any
 
 from django.core.management.base import BaseCommand  # type: ignore[import-untyped]
@@ -33,28 +31,12 @@ class Command(BaseCommand):  # type: ignore[misc]
 
     async def _serve(self, container: Any) -> None:
         config = container.settings()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
-        publisher_loops = config.publisher.workers if config.publisher.enabled else 0
-        inbox = (
-            f"inbox of consumer {config.inbox_consumer!r} from {config.inbox.subscription!r}"
-            if config.inbox.enabled
-            else "no inbox"
-        )
-        observability.logger.info("outbox_worker started for schema %r", config.schema)
-        self.stdout.write(
-            f"outbox_worker: schema {config.schema!r}, {publisher_loops} publisher loop(s), "
-            f"{inbox}; stop with Ctrl-C or SIGTERM"
-        )
-        self.stdout.flush()
-        try:
+        with worker.stop_on_signals() as stop:
+            observability.logger.info("outbox_worker started for schema %r", config.schema)
+            self.stdout.write(
+                f"outbox_worker: {worker.describe(config)}; stop with Ctrl-C or SIGTERM"
+            )
+            self.stdout.flush()
             await worker.serve(container, stop)
-        finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError):
-                    loop.remove_signal_handler(signum)
         self.stdout.write("outbox_worker: stopped")
         self.stdout.flush()
