@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import os
 import secrets
 import statistics
 import sys
@@ -50,7 +49,6 @@ from outbox_di.inbox.receiver import InboxReceiver
 from outbox_di.inbox.worker import InboxWorker
 from outbox_di.testing import postgres
 from outbox_di.testing import pubsub as pubsub_testing
-from outbox_di.testing.emulator import InProcessEmulator
 
 PROJECT = "outbox-bench"
 CONSUMER = "bench"
@@ -60,20 +58,6 @@ PULL_MAX = 1000
 CLAIM_BATCH = 100  # inbox.batch_size's default
 LOOPS = 2  # the receiver's pull loops and inbox.workers' default
 _COLUMN_ATTRIBUTES = frozenset({"event_id", "event_type", "aggregate_type", "aggregate_id"})
-
-
-@contextlib.contextmanager
-def pubsub_host(choice: str = "auto") -> Iterator[tuple[str, str]]:
-    configured = os.environ.get("PUBSUB_EMULATOR_HOST")
-    if configured and choice == "auto":
-        yield configured, "configured emulator"
-        return
-    if choice != "in-process" and pubsub_testing.find_google_emulator():
-        with pubsub_testing.GoogleEmulator() as google:
-            yield google.host, "Google's emulator"
-        return
-    with InProcessEmulator() as emulator:
-        yield emulator.host, "in-process emulator"
 
 
 @contextlib.contextmanager
@@ -361,9 +345,15 @@ def main() -> int:
     args = parser.parse_args()
     if args.emulator == "google" and not pubsub_testing.find_google_emulator():
         parser.error("Google's Pub/Sub emulator was not found")
-    with postgres.postgres_server() as server, pubsub_host(args.emulator) as (host, pubsub_name):
-        print(f"PostgreSQL: {server.source}; Pub/Sub: {pubsub_name} at {host}", file=sys.stderr)
-        results = asyncio.run(run(args, server.dsn, host, pubsub_name))
+    with (
+        postgres.postgres_server() as server,
+        pubsub_testing.pubsub_server(args.emulator) as pubsub,
+    ):
+        print(
+            f"PostgreSQL: {server.source}; Pub/Sub: {pubsub.label} at {pubsub.host}",
+            file=sys.stderr,
+        )
+        results = asyncio.run(run(args, server.dsn, pubsub.host, pubsub.label))
     if args.json:
         print(
             json.dumps(

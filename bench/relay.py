@@ -28,13 +28,12 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import os
 import secrets
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -45,25 +44,10 @@ from outbox_di.publishing import base, pubsub
 from outbox_di.publishing.task import PublisherTask
 from outbox_di.testing import postgres
 from outbox_di.testing import pubsub as pubsub_testing
-from outbox_di.testing.emulator import InProcessEmulator
 
 PROJECT = "outbox-bench"
 TOPIC = "relay-bench"
 BATCH = 500
-
-
-@contextlib.contextmanager
-def pubsub_host() -> Iterator[tuple[str, str]]:
-    configured = os.environ.get("PUBSUB_EMULATOR_HOST")
-    if configured:
-        yield configured, "configured emulator"
-        return
-    if pubsub_testing.find_google_emulator():
-        with pubsub_testing.GoogleEmulator() as google:
-            yield google.host, "Google's emulator"
-        return
-    with InProcessEmulator() as emulator:
-        yield emulator.host, "in-process emulator"
 
 
 def make_config(schema_name: str, dsn: str, host: str, **publisher: Any) -> config.OutboxConfig:
@@ -442,9 +426,12 @@ def main() -> int:
     parser.add_argument("--lag-seconds", type=float, default=5.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with postgres.postgres_server() as server, pubsub_host() as (host, pubsub_name):
-        print(f"PostgreSQL: {server.source}; Pub/Sub: {pubsub_name} at {host}", file=sys.stderr)
-        results = asyncio.run(run(args, server.dsn, host, pubsub_name))
+    with postgres.postgres_server() as server, pubsub_testing.pubsub_server() as pubsub:
+        print(
+            f"PostgreSQL: {server.source}; Pub/Sub: {pubsub.label} at {pubsub.host}",
+            file=sys.stderr,
+        )
+        results = asyncio.run(run(args, server.dsn, pubsub.host, pubsub.label))
     if args.json:
         print(json.dumps(dataclasses.asdict(results), indent=2))
     else:

@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     with postgres.postgres_server() as server, pubsub_testing.pubsub_server() as pubsub:
         print(f"PostgreSQL: {server.source}")
-        print(f"Pub/Sub:    {pubsub.kind} emulator at {pubsub.host}")
+        print(f"Pub/Sub:    {pubsub.label} at {pubsub.host}")
         return asyncio.run(run(server.dsn, pubsub.host, args))
 
 

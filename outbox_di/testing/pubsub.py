@@ -93,6 +93,18 @@ class EmulatorEndpoint:
     kind: EmulatorKind
     emulator: emulator_module.InProcessEmulator | None = None
 
+    @property
+    def label(self) -> str:
+        """``"Google's emulator"``, ``"in-process emulator"`` or ``"configured emulator"``."""
+        return _LABELS[self.kind]
+
+
+_LABELS: dict[EmulatorKind, str] = {
+    "configured": "configured emulator",
+    "google": "Google's emulator",
+    "in-process": "in-process emulator",
+}
+
 
 def find_google_emulator() -> str | None:
     """The path of Google's emulator binary: ``PUBSUB_EMULATOR_BIN``, else
@@ -129,12 +141,15 @@ def available_kinds() -> list[EmulatorKind]:
 
 
 @contextlib.contextmanager
-def pubsub_server() -> Iterator[EmulatorEndpoint]:
-    """One Pub/Sub emulator for the ``with`` block, in the order of :func:`available_kinds`:
-    ``PUBSUB_EMULATOR_HOST`` (an error if it does not answer), else Google's emulator when
-    found, else the in-process one. For programs (``make demo``); tests use the fixtures."""
+def pubsub_server(
+    choice: Literal["auto", "google", "in-process"] = "auto",
+) -> Iterator[EmulatorEndpoint]:
+    """One Pub/Sub emulator for the ``with`` block. ``"auto"``, in the order of
+    :func:`available_kinds`: ``PUBSUB_EMULATOR_HOST`` (an error if it does not answer), else
+    Google's emulator when found, else the in-process one; ``"google"`` or ``"in-process"``
+    for that one alone. For programs (``make demo``, the benchmarks); tests use the fixtures."""
     configured = os.environ.get(ENV_HOST)
-    if configured:
+    if choice == "auto" and configured:
         if not wait_until_answers(configured, timeout=10.0):
             raise errors.OutboxError(
                 f"{ENV_HOST}={configured} is set but no Pub/Sub emulator answers there; fix or "
@@ -142,11 +157,16 @@ def pubsub_server() -> Iterator[EmulatorEndpoint]:
             )
         yield EmulatorEndpoint(configured, "configured")
         return
-    binary = find_google_emulator()
+    binary = find_google_emulator() if choice != "in-process" else None
     if binary is not None:
         with GoogleEmulator(binary) as google:
             yield EmulatorEndpoint(google.host, "google")
         return
+    if choice == "google":
+        raise errors.OutboxError(
+            f"Google's Pub/Sub emulator not found: set {ENV_BIN} or install the gcloud SDK's "
+            "pubsub-emulator component"
+        )
     with emulator_module.InProcessEmulator() as in_process:
         yield EmulatorEndpoint(in_process.host, "in-process", in_process)
 

@@ -40,3 +40,18 @@ def test_google_emulator_is_started_when_found(monkeypatch: pytest.MonkeyPatch) 
     with pubsub_testing.pubsub_server() as endpoint:
         assert endpoint.kind == "google"
         assert pubsub_testing.wait_until_answers(endpoint.host, timeout=5.0)
+
+
+def test_a_named_choice_ignores_the_configured_host(
+    monkeypatch: pytest.MonkeyPatch, pubsub_inprocess_emulator: pubsub_testing.EmulatorEndpoint
+) -> None:
+    monkeypatch.setenv(pubsub_testing.ENV_HOST, pubsub_inprocess_emulator.host)
+    with pubsub_testing.pubsub_server("in-process") as endpoint:
+        assert endpoint.kind == "in-process" and endpoint.host != pubsub_inprocess_emulator.host
+        assert endpoint.label == "in-process emulator"
+    monkeypatch.setattr(pubsub_testing, "find_google_emulator", lambda: None)
+    with (
+        pytest.raises(errors.OutboxError, match="Google's Pub/Sub emulator not found"),
+        pubsub_testing.pubsub_server("google"),
+    ):
+        pass
