@@ -68,9 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def run(dsn: str, host: str, args: argparse.Namespace) -> int:
     for schema_name in (CATALOG, BILLING):
         fresh_schema(dsn, schema_name)
-    async with pubsub_testing.temporary_topic(host, PROJECT, prefix="demo-catalog") as topic:
-        billing_subscription = await subscribe(host, topic, "demo-billing")
-        billing = billing_container(dsn, host, billing_subscription)
+    async with (
+        pubsub_testing.temporary_topic(host, PROJECT, prefix="demo-catalog") as topic,
+        pubsub_testing.temporary_subscription(host, topic, prefix="demo-billing") as billed,
+    ):
+        billing = billing_container(dsn, host, billed)
         await containers.start(billing)
         try:
             port = harness.free_port()
@@ -108,16 +110,6 @@ def fresh_schema(dsn: str, schema_name: str) -> None:
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema_name))
         )
     harness.migrate(dsn, schema_name)
-
-
-async def subscribe(host: str, topic: pubsub_testing.TopicWithSubscription, prefix: str) -> str:
-    """A second subscription on the catalog's topic, for the billing service."""
-    name = f"{prefix}-{topic.name}"
-    async with pubsub_testing.async_subscriber_client(host) as subscriber:
-        await subscriber.create_subscription(
-            request={"name": f"projects/{topic.project}/subscriptions/{name}", "topic": topic.topic}
-        )
-    return name
 
 
 def billing_container(dsn: str, host: str, subscription: str) -> Any:

@@ -62,6 +62,7 @@ __all__ = [
     "pubsub_google_emulator",
     "pubsub_inprocess_emulator",
     "pubsub_server",
+    "temporary_subscription",
     "temporary_topic",
     "wait_until_answers",
 ]
@@ -458,6 +459,22 @@ async def temporary_topic(
             await subscriber.delete_subscription(subscription=made.subscription)
         async with async_publisher_client(host) as publisher:
             await publisher.delete_topic(topic=made.topic)
+
+
+@contextlib.asynccontextmanager
+async def temporary_subscription(
+    host: str, topic: TopicWithSubscription, *, prefix: str = "extra"
+) -> AsyncIterator[str]:
+    """Another subscription on ``topic`` (full name ``projects/P/subscriptions/<prefix>-…``),
+    deleted afterwards: a second consumer, or a watcher of what the broker carried."""
+    name = f"projects/{topic.project}/subscriptions/{prefix}-{uuid.uuid4().hex[:12]}"
+    async with async_subscriber_client(host) as subscriber:
+        await subscriber.create_subscription(request={"name": name, "topic": topic.topic})
+    try:
+        yield name
+    finally:
+        async with async_subscriber_client(host) as subscriber:
+            await subscriber.delete_subscription(subscription=name)
 
 
 # -- pytest fixtures (session-scoped, synchronous, plain values) ---------------------------------

@@ -5,10 +5,8 @@ itself is :mod:`integrations.harness`, which ``make demo`` uses too."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +51,6 @@ async def wait_received(
         if len(ids) >= count or time.monotonic() > deadline:
             return ids
         await asyncio.sleep(0.1)
-
-
-@contextlib.asynccontextmanager
-async def watcher(host: str, topic: pubsub_testing.TopicWithSubscription) -> AsyncIterator[str]:
-    """A second subscription on the topic, made before anything is published: what the
-    broker really carried, independently of the service's own inbox."""
-    name = f"projects/{topic.project}/subscriptions/watch-{uuid.uuid4().hex[:12]}"
-    async with pubsub_testing.async_subscriber_client(host) as subscriber:
-        await subscriber.create_subscription(request={"name": name, "topic": topic.topic})
-    try:
-        yield name
-    finally:
-        async with pubsub_testing.async_subscriber_client(host) as subscriber:
-            await subscriber.delete_subscription(subscription=name)
 
 
 async def pull_event_ids(
@@ -134,7 +118,8 @@ async def check_catalog(
     harness.migrate(dsn, schema)
     async with (
         pubsub_testing.temporary_topic(host, PROJECT, prefix="catalog") as topic,
-        watcher(host, topic) as watched,
+        # What the broker really carried, independently of the service's own inbox.
+        pubsub_testing.temporary_subscription(host, topic, prefix="watch") as watched,
     ):
         port = harness.free_port()
         env = {**harness.service_env(dsn, schema, host, topic), **(extra_env or {})}
