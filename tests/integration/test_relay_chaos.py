@@ -64,32 +64,6 @@ def _config(schema: str, dsn: str, host: str, topic: str, **publisher: Any) -> c
     )
 
 
-async def _topic(host: str, *, ordered: bool) -> tuple[str, str, str]:
-    """A topic with a subscription made before anything is published."""
-    name = f"chaos-{uuid.uuid4().hex[:12]}"
-    topic = f"projects/{PROJECT}/topics/{name}"
-    subscription = f"projects/{PROJECT}/subscriptions/{name}"
-    async with pubsub_testing.async_publisher_client(host) as publisher:
-        await publisher.create_topic(name=topic)
-    async with pubsub_testing.async_subscriber_client(host) as subscriber:
-        await subscriber.create_subscription(
-            request={
-                "name": subscription,
-                "topic": topic,
-                "enable_message_ordering": ordered,
-                "ack_deadline_seconds": 60,
-            }
-        )
-    return name, topic, subscription
-
-
-async def _drop(host: str, topic: str, subscription: str) -> None:
-    async with pubsub_testing.async_subscriber_client(host) as subscriber:
-        await subscriber.delete_subscription(subscription=subscription)
-    async with pubsub_testing.async_publisher_client(host) as publisher:
-        await publisher.delete_topic(topic=topic)
-
-
 async def _writer(
     pool: Any,
     repo: repository.OutboxRepository,
@@ -203,14 +177,14 @@ async def test_ten_thousand_events_survive_a_killed_worker_and_failing_publishes
                 ]
             )
             n += size
-    name, topic, subscription = await _topic(host, ordered=False)
-    settings = _config(outbox_repository.schema, outbox_dsn, host, name)
-    faulty = FaultyPublisher(
-        PubSubPublisher(settings), failure_rate=FAILURE_RATE, rng=random.Random(7)
-    )
-    written: list[uuid.UUID] = []
-    started = time.monotonic()
-    try:
+    async with pubsub_testing.temporary_topic(host, PROJECT, prefix="chaos", ordered=False) as made:
+        name, subscription = made.name, made.subscription
+        settings = _config(outbox_repository.schema, outbox_dsn, host, name)
+        faulty = FaultyPublisher(
+            PubSubPublisher(settings), failure_rate=FAILURE_RATE, rng=random.Random(7)
+        )
+        written: list[uuid.UUID] = []
+        started = time.monotonic()
         async with database.open_pool(outbox_dsn, min_size=1, max_size=6) as relay_pool:
             relay_repo = repository.OutboxRepository(relay_pool, outbox_repository.schema)
             task = PublisherTask(settings, relay_repo, faulty, rng=random.Random(3))
@@ -242,8 +216,6 @@ async def test_ten_thousand_events_survive_a_killed_worker_and_failing_publishes
             # Late extras (a cancelled request the emulator still finished) come in this pull.
             received += await pull_until(subscriber, subscription, bool, 1.5)
         by_event, redelivered = _first_ids(received)
-    finally:
-        await _drop(host, topic, subscription)
     assert not wanted - set(by_event), f"lost: {len(wanted - set(by_event))} events"
     assert set(by_event) == wanted
     assert task.stats.dead == 0
@@ -291,14 +263,14 @@ async def test_ordering_holds_per_key_under_chaos(
                 ]
             )
             position += size
-    name, topic, subscription = await _topic(host, ordered=True)
-    repo = repository.OutboxRepository(outbox_pool, outbox_schema, ordering=True)
-    settings = _config(outbox_schema, outbox_dsn, host, name, ordering=True)
-    faulty = FaultyPublisher(
-        PubSubPublisher(settings), failure_rate=FAILURE_RATE, rng=random.Random(11)
-    )
-    written: list[uuid.UUID] = []
-    try:
+    async with pubsub_testing.temporary_topic(host, PROJECT, prefix="chaos", ordered=True) as made:
+        name, subscription = made.name, made.subscription
+        repo = repository.OutboxRepository(outbox_pool, outbox_schema, ordering=True)
+        settings = _config(outbox_schema, outbox_dsn, host, name, ordering=True)
+        faulty = FaultyPublisher(
+            PubSubPublisher(settings), failure_rate=FAILURE_RATE, rng=random.Random(11)
+        )
+        written: list[uuid.UUID] = []
         async with database.open_pool(outbox_dsn, min_size=1, max_size=6) as relay_pool:
             relay_repo = repository.OutboxRepository(relay_pool, outbox_schema, ordering=True)
             task = PublisherTask(settings, relay_repo, faulty, rng=random.Random(5))
@@ -326,8 +298,6 @@ async def test_ordering_holds_per_key_under_chaos(
             )
             received += await pull_until(subscriber, subscription, bool, 1.5)
         by_event, redelivered = _first_ids(received)
-    finally:
-        await _drop(host, topic, subscription)
     assert set(by_event) == {str(event_id) for event_id in written}
     assert task.stats.dead == 0
     _report_duplicates(
