@@ -137,7 +137,11 @@ def _raw_message(
     payload: bytes,
     headers: Any,
 ) -> Any:
-    attributes = json.loads(headers) if isinstance(headers, str) else dict(headers)
+    # The claim returns empty headers as NULL; asyncpg gives jsonb as text, psycopg2 as a dict.
+    if headers is None:
+        attributes: dict[str, str] = {}
+    else:
+        attributes = json.loads(headers) if isinstance(headers, str) else dict(headers)
     attributes.update(
         event_id=str(event_id),
         event_type=event_type,

@@ -96,6 +96,110 @@ class OutboxEvent:
         return json.loads(self.payload)
 
 
+# -- building events on the claim's hot path ------------------------------------------------
+#
+# A relay claim turns hundreds of rows into OutboxEvents per round trip, so two standard
+# constructors dominate its Python time: a frozen dataclass's __init__ goes through
+# object.__setattr__ once per field (~4 µs for 16 fields here, against ~2 µs when each slot's
+# setter is called directly), and uuid.UUID(text) validates its text in Python (~2.5 µs,
+# against ~1 µs for parsing the hex digits alone). The builders below produce the very same
+# objects (equal, same hash, same str), from values the database has already validated.
+
+_OUTBOX_EVENT_SLOTS = tuple(field.name for field in dataclasses.fields(OutboxEvent))
+_NEW = object.__new__
+(
+    _set_event_id,
+    _set_seq,
+    _set_aggregate_type,
+    _set_aggregate_id,
+    _set_event_type,
+    _set_payload,
+    _set_headers,
+    _set_ordering_key,
+    _set_status,
+    _set_created_at,
+    _set_available_at,
+    _set_published_at,
+    _set_delivery_attempts,
+    _set_last_error,
+    _set_lock_token,
+    _set_locked_at,
+) = (getattr(OutboxEvent, name).__set__ for name in _OUTBOX_EVENT_SLOTS)
+
+
+def claimed_event(
+    event_id: uuid.UUID,
+    seq: int,
+    aggregate_type: str,
+    aggregate_id: str,
+    event_type: str,
+    payload: bytes,
+    headers: dict[str, str],
+    ordering_key: str | None,
+    created_at: dt.datetime,
+    available_at: dt.datetime,
+    delivery_attempts: int,
+    last_error: str | None,
+    lock_token: uuid.UUID,
+    locked_at: dt.datetime,
+) -> OutboxEvent:
+    """``OutboxEvent(...)`` for a row just claimed (pending, unpublished, leased to
+    ``lock_token``), without the frozen ``__init__``'s per-field cost. Same object, faster."""
+    event: OutboxEvent = _NEW(OutboxEvent)
+    _set_event_id(event, event_id)
+    _set_seq(event, seq)
+    _set_aggregate_type(event, aggregate_type)
+    _set_aggregate_id(event, aggregate_id)
+    _set_event_type(event, event_type)
+    _set_payload(event, payload)
+    _set_headers(event, headers)
+    _set_ordering_key(event, ordering_key)
+    _set_status(event, OutboxStatus.PENDING)
+    _set_created_at(event, created_at)
+    _set_available_at(event, available_at)
+    _set_published_at(event, None)
+    _set_delivery_attempts(event, delivery_attempts)
+    _set_last_error(event, last_error)
+    _set_lock_token(event, lock_token)
+    _set_locked_at(event, locked_at)
+    return event
+
+
+def _direct_uuid_builder() -> Callable[[str], uuid.UUID] | None:
+    """``uuid.UUID``'s own slots (``int``, ``is_safe``), when this Python has them."""
+    slots = uuid.UUID.__dict__
+    int_slot, safe_slot = slots.get("int"), slots.get("is_safe")
+    if not (hasattr(int_slot, "__set__") and hasattr(safe_slot, "__set__")):
+        return None
+    set_int, set_safe = int_slot.__set__, safe_slot.__set__  # type: ignore[union-attr]
+    unknown = uuid.SafeUUID.unknown
+    new = _NEW
+    uuid_class = uuid.UUID
+
+    def build(text: str) -> uuid.UUID:
+        value: uuid.UUID = new(uuid_class)
+        set_int(value, int(text.replace("-", ""), 16))
+        set_safe(value, unknown)
+        return value
+
+    # Guard against a Python whose UUID keeps more state than these two slots.
+    sample = "0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
+    if build(sample) != uuid.UUID(sample) or str(build(sample)) != sample:
+        return None
+    return build
+
+
+_build_uuid = _direct_uuid_builder()
+
+
+def uuid_from_db(value: object) -> uuid.UUID:
+    """A ``uuid`` column's value as ``uuid.UUID``: drivers hand it over as a UUID or as the
+    canonical text PostgreSQL prints (36 characters), which is parsed without re-validation."""
+    if type(value) is str and len(value) == 36 and _build_uuid is not None:
+        return _build_uuid(value)
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class InboxEvent:
     """A stored inbox row as read back."""

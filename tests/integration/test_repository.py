@@ -270,7 +270,8 @@ async def test_headers_that_are_not_a_json_object_of_strings_never_crash_a_claim
         await cursor.execute(sql, {"event_id": str(message.event_id), "headers": stored})
     _, [event] = await _claim(outbox_repository)
     assert event.headers == expected
-    if expected != json.loads(stored):
+    # JSON null reads as "no headers", like the empty object (the claim returns both as NULL).
+    if stored != "null" and expected != json.loads(stored):
         assert any("headers of event" in record.getMessage() for record in caplog.records)
 
 
