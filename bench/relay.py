@@ -202,8 +202,11 @@ async def asyncpg_baseline(
                 messages = [_raw_message(r[0], r[4], r[2], r[3], r[5], r[6]) for r in records]
                 await raw_publish(client, topic, messages)
                 async with conn_pool.acquire() as conn:
-                    # outbox_mark_published takes (published_at, event_ids, lock_token)
-                    await conn.execute(mark, models.utcnow(), [r[0] for r in records], token)
+                    # outbox_mark_published takes (published_at, event_ids, lock_token), the
+                    # ids joined by commas
+                    await conn.execute(
+                        mark, models.utcnow(), ",".join([str(r[0]) for r in records]), token
+                    )
                 done += len(records)
 
         started = time.perf_counter()
@@ -253,7 +256,7 @@ async def aiopg_baseline(dsn: str, host: str, rows: int, loops: int) -> float:
                         await cursor.execute(
                             mark,
                             {
-                                "event_ids": [r[0] for r in records],
+                                "event_ids": ",".join([r[0] for r in records]),
                                 "lock_token": token,
                                 "published_at": models.utcnow(),
                             },

@@ -107,10 +107,12 @@ RETURNING e.event_id, e.seq, e.aggregate_type, e.aggregate_id, e.event_type, e.p
 -- so that it does not match the due index's predicate: with statistics from a nearly empty
 -- table the planner would otherwise scan every pending row of that index instead of looking
 -- the batch up by primary key. The same holds for the other batch statements below.
+-- %(event_ids)s is the ids joined by commas, one text parameter: psycopg2 adapts a list element
+-- by element (~1.6 µs an id here, more than the rest of the mark), a string at once.
 UPDATE {{schema}}.outbox_events
 SET status = 'published',
     published_at = CAST(%(published_at)s AS timestamptz)
-WHERE event_id = ANY(CAST(%(event_ids)s AS uuid[]))
+WHERE event_id = ANY(CAST(string_to_array(CAST(%(event_ids)s AS text), ',') AS uuid[]))
   AND lock_token = CAST(%(lock_token)s AS uuid)
   AND status NOT IN ('published', 'dead');
 
@@ -152,12 +154,12 @@ WHERE event_id = CAST(%(event_id)s AS uuid)
 
 -- name: outbox_release
 -- Gives claimed rows back unpublished (graceful stop): due again at once, and the claim does not
--- count as a delivery attempt.
+-- count as a delivery attempt. %(event_ids)s: joined by commas, as for outbox_mark_published.
 UPDATE {{schema}}.outbox_events
 SET lock_token = NULL,
     locked_at = NULL,
     delivery_attempts = GREATEST(delivery_attempts - 1, 0)
-WHERE event_id = ANY(CAST(%(event_ids)s AS uuid[]))
+WHERE event_id = ANY(CAST(string_to_array(CAST(%(event_ids)s AS text), ',') AS uuid[]))
   AND lock_token = CAST(%(lock_token)s AS uuid)
   AND status NOT IN ('published', 'dead');
 
