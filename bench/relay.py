@@ -13,8 +13,11 @@ Throughput: events/s from a pre-filled table of ``--rows`` rows to "acknowledged
 
 Lag: commit of a one-event transaction to the broker's acknowledgement, at a steady offered load
 (``--rate`` events/s), printed twice: with an in-memory publisher (the library's own cost) and
-through the emulator. Goals (DESIGN §9 "ratio" lines): relay >= 0.8x the asyncpg baseline;
-2 workers >= 1.6x one; lag p50 <= 2 ms and p99 <= 10 ms at 500 events/s.
+through the emulator; beside it, the floor under any relay's lag on this machine, measured at
+the same rate: the emulator's own one-message round trip and one PostgreSQL round trip.
+
+Goals (DESIGN §9 "ratio" lines): relay >= 0.8x the asyncpg baseline; 2 workers >= 1.6x one;
+lag p50 <= 2 ms and p99 <= 10 ms at 500 events/s.
 
 Pub/Sub: ``PUBSUB_EMULATOR_HOST`` when set, else Google's emulator when installed, else the
 in-process emulator. PostgreSQL: as the test kit finds it.
@@ -344,6 +347,47 @@ async def lag(
         drop_schema(dsn, name)
 
 
+async def lag_floor(dsn: str, host: str, rate: float, seconds: float) -> tuple[float, float, float]:
+    """What no relay can go under on this machine, measured at the same offered rate: the
+    emulator's own round trip for a one-message ``Publish`` (p50, p99) and one PostgreSQL round
+    trip on the relay's driver (p50 of ``SELECT 1``). A relay's lag adds at least a NOTIFY and a
+    claim to the first."""
+    client = pubsub.make_emulator_client(host)
+    topic = f"projects/{PROJECT}/topics/{TOPIC}"
+    await warm(client, topic)
+    message = _raw_message(uuid.uuid4(), "item.created", "item", "i0", b'{"n":0}', None)
+    publishes: list[float] = []
+    round_trips: list[float] = []
+    try:
+        async with (
+            database.open_pool(dsn, min_size=1, max_size=1) as pool,
+            pool.acquire() as conn,
+            conn.cursor() as cursor,
+        ):
+            interval = 1.0 / rate
+            next_at = time.perf_counter()
+            for _ in range(int(rate * seconds)):
+                started = time.perf_counter()
+                await raw_publish(client, topic, [message])
+                publishes.append((time.perf_counter() - started) * 1000.0)
+                started = time.perf_counter()
+                await cursor.execute("SELECT 1")
+                await cursor.fetchall()
+                round_trips.append((time.perf_counter() - started) * 1000.0)
+                next_at += interval
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+    finally:
+        await client.transport.close()
+    publishes.sort()
+    return (
+        statistics.median(publishes),
+        publishes[min(len(publishes) - 1, int(len(publishes) * 0.99))],
+        statistics.median(round_trips),
+    )
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -359,6 +403,7 @@ class Results:
     asyncpg_one_loop: list[float] = dataclasses.field(default_factory=list)
     lag_memory: tuple[float, float, int] = (0.0, 0.0, 0)
     lag_emulator: tuple[float, float, int] = (0.0, 0.0, 0)
+    lag_floor: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def _goal(ratio: float, goal: float) -> str:
@@ -387,6 +432,7 @@ async def run(args: argparse.Namespace, dsn: str, host: str, pubsub_name: str) -
         dsn, host, lambda cfg: base.InMemoryPublisher(), args.rate, args.lag_seconds
     )
     results.lag_emulator = await lag(dsn, host, pubsub.PubSubPublisher, args.rate, args.lag_seconds)
+    results.lag_floor = await lag_floor(dsn, host, args.rate, args.lag_seconds)
     return results
 
 
@@ -423,6 +469,13 @@ def report(results: Results, rate: float) -> None:
             f"lag at {rate:.0f} events/s, {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
             f"(goal p50 <= 2, p99 <= 10){verdict}" + (f", {lost} not acked" if lost else "")
         )
+    publish_p50, publish_p99, round_trip = results.lag_floor
+    print(
+        f"lag floor at {rate:.0f}/s on this machine: {results.pubsub} alone, one-message Publish "
+        f"p50 {publish_p50:.2f} ms, p99 {publish_p99:.2f} ms; one PostgreSQL round trip (aiopg, "
+        f"SELECT 1) p50 {round_trip:.2f} ms (information: the relay's lag adds a NOTIFY and a "
+        "claim to the publish)"
+    )
 
 
 def main() -> int:
