@@ -9,7 +9,8 @@
    dead-letters them after ``max_attempts`` or at once for a permanent error.
 
 An idle loop sleeps until a NOTIFY from the insert trigger arrives or ``tick_interval`` passes,
-so lag is not bounded below by the poll. A database or broker outage makes the loops back off
+so lag is not bounded below by the poll. A NOTIFY wakes one idle loop; a loop that claimed a
+full batch wakes another. A database or broker outage makes the loops back off
 and recover by themselves. ``stop()`` lets in-flight batches finish within
 ``shutdown_timeout`` and then gives any row still leased back, so no other worker has to wait
 for a lease to expire.
@@ -18,6 +19,7 @@ for a lease to expire.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -87,7 +89,11 @@ class PublisherTask:
         )
         self._rng = rng or random.Random()
         self._lock_ttl = dt.timedelta(seconds=self.settings.lock_ttl)
-        self._wake = asyncio.Event()
+        # Idle workers, each waiting on its own event: a NOTIFY wakes one of them, not all
+        # (waking every worker for one row made them all claim, and all but one found nothing).
+        self._wakes: dict[int, asyncio.Event] = {}
+        self._idle_workers: collections.deque[int] = collections.deque()
+        self._missed_wake = False
         self._stop_requested = asyncio.Event()
         self._stopping = False
         self._workers: list[asyncio.Task[None]] = []
@@ -158,8 +164,8 @@ class PublisherTask:
 
     async def _run(self, number: int) -> None:
         outages = 0
+        self._wakes[number] = asyncio.Event()
         while not self._stopping:
-            wake = self._wake
             try:
                 claimed = await self.run_once(number)
             except Exception as exc:  # a database outage, or a bug: never let the loop die
@@ -187,21 +193,43 @@ class PublisherTask:
                 continue
             outages = 0
             if claimed < self.settings.batch_size:
-                await self._idle(wake)
+                await self._idle(number)
+            else:
+                # A full batch: more rows may be due, so an idle peer claims too.
+                self._wake_one(remember=False)
 
-    async def _idle(self, wake: asyncio.Event) -> None:
+    async def _idle(self, number: int) -> None:
+        """Wait for a wake-up or ``tick_interval``; at once if one came while all were busy."""
         if self._stopping:
             return
-        await aio.wait_event(wake, self.settings.tick_interval)
+        if self._missed_wake:
+            self._missed_wake = False
+            return
+        wake = self._wakes[number]
+        wake.clear()
+        self._idle_workers.append(number)
+        try:
+            await aio.wait_event(wake, self.settings.tick_interval)
+        finally:
+            with contextlib.suppress(ValueError):
+                self._idle_workers.remove(number)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but not past stop()."""
         await aio.wait_event(self._stop_requested, seconds)
 
     def _notify(self) -> None:
-        """Wake every idle loop; the next waiters get a fresh event."""
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
+        """Wake every idle loop (on stop)."""
+        for wake in self._wakes.values():
+            wake.set()
+
+    def _wake_one(self, *, remember: bool = True) -> None:
+        """Wake the longest-idle loop; with none idle, and ``remember``, the next loop to go
+        idle claims again at once instead (rows were committed while every loop was busy)."""
+        if self._idle_workers:
+            self._wakes[self._idle_workers.popleft()].set()
+        elif remember:
+            self._missed_wake = True
 
     async def run_once(self, number: int = 0) -> int:
         """One claim → publish → mark cycle; returns how many rows were claimed."""
@@ -374,10 +402,10 @@ class PublisherTask:
                         await cursor.execute(sql)
                     failures = 0
                     # Rows committed while we were not listening are found by this wake-up.
-                    self._notify()
+                    self._wake_one()
                     while not self._stopping:
                         await conn.notifies.get()
-                        self._notify()
+                        self._wake_one()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection lost: the poll covers us meanwhile

@@ -78,6 +78,76 @@ async def test_notify_wakes_an_idle_worker_long_before_the_poll(
         assert time.monotonic() - started < 2.0
 
 
+class _CountingRepository(repository.OutboxRepository):
+    """Counts claims, and how many found nothing."""
+
+    claims = 0
+    empty_claims = 0
+
+    async def claim_pending(self, *args: Any, **kwargs: Any) -> list[models.OutboxEvent]:
+        events = await super().claim_pending(*args, **kwargs)
+        self.claims += 1
+        self.empty_claims += not events
+        return events
+
+
+class _ConcurrencyProbe(base.InMemoryPublisher):
+    """A slow publisher that notes how many batches were in flight at once."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.set_delay(delay)
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def publish(self, events: Any) -> Any:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await super().publish(events)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_notify_wakes_one_idle_worker_and_a_full_batch_wakes_another(
+    outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
+) -> None:
+    repo = _CountingRepository(outbox_pool, outbox_repository.schema)
+    sink = _ConcurrencyProbe(delay=0.2)
+    cfg = _config(repo.schema, outbox_dsn, tick_interval="30s", workers=3, batch_size=10)
+    async with PublisherTask(cfg, repo, sink):
+        await asyncio.sleep(0.3)  # every worker has claimed nothing and is idle for 30 s
+        repo.claims = repo.empty_claims = 0
+        await _enqueue(outbox_pool, repo, 1)
+        await _until(lambda: len(sink.published) == 1, timeout=5)
+        await asyncio.sleep(0.1)
+        # One row, one NOTIFY: one worker claimed it (then found nothing more), the others slept.
+        assert repo.claims - repo.empty_claims == 1
+        assert repo.empty_claims <= 1
+        # 25 rows in one transaction are one NOTIFY: the woken worker's full batch wakes a
+        # second, whose full batch wakes the third; all long before the 30 s poll.
+        started = time.monotonic()
+        await _enqueue(outbox_pool, repo, 25, key="b")
+        await _until(lambda: len(sink.published) == 26, timeout=5)
+        assert time.monotonic() - started < 2.0
+        assert sink.most_in_flight >= 2
+
+
+async def test_a_notify_while_every_worker_is_busy_is_not_lost(
+    outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
+) -> None:
+    sink = _ConcurrencyProbe(delay=0.3)
+    cfg = _config(outbox_repository.schema, outbox_dsn, tick_interval="30s", workers=1)
+    async with PublisherTask(cfg, outbox_repository, sink):
+        await asyncio.sleep(0.3)
+        await _enqueue(outbox_pool, outbox_repository, 1)
+        await _until(lambda: sink.in_flight == 1, timeout=5)
+        # Committed while the only worker is publishing: its NOTIFY finds no idle worker, so
+        # the worker claims again as soon as it is done instead of sleeping 30 s.
+        await _enqueue(outbox_pool, outbox_repository, 1, key="b")
+        await _until(lambda: len(sink.published) == 2, timeout=5)
+
+
 async def test_poll_finds_rows_without_notify(
     outbox_pool: Any, outbox_repository: repository.OutboxRepository, outbox_dsn: str
 ) -> None:
