@@ -1,6 +1,7 @@
 """Relay throughput and end-to-end lag, beside raw-SQL baselines measured in the same run.
 
-    .venv/bin/python bench/relay.py [--rows 20000] [--rounds 3] [--lag-seconds 5] [--json]
+    .venv/bin/python bench/relay.py [--rows 20000] [--rounds 3] [--rate 500] [--lag-seconds 5]
+                                    [--lag-warmup 3] [--json]
 
 Throughput: events/s from a pre-filled table of ``--rows`` rows to "acknowledged by Pub/Sub"
 (the publish call returned message ids), through:
@@ -128,7 +129,6 @@ async def library_throughput(dsn: str, host: str, rows: int, workers: int) -> fl
 
 # -- raw baselines ------------------------------------------------------------------------
 
-_PB_MESSAGE: Any = pubsub._PB_MESSAGE
 _PB_REQUEST: Any = pubsub._PB_REQUEST
 
 
@@ -139,7 +139,8 @@ def _raw_message(
     aggregate_id: str,
     payload: bytes,
     headers: Any,
-) -> Any:
+) -> tuple[bytes, dict[str, str]]:
+    """A message's data and attributes from a claimed record."""
     # The claim returns empty headers as NULL; asyncpg gives jsonb as text, psycopg2 as a dict.
     if headers is None:
         attributes: dict[str, str] = {}
@@ -151,7 +152,7 @@ def _raw_message(
         aggregate_type=aggregate_type,
         aggregate_id=aggregate_id,
     )
-    return _PB_MESSAGE(data=bytes(payload), attributes=attributes)
+    return bytes(payload), attributes
 
 
 async def warm(client: Any, topic: str) -> None:
@@ -159,9 +160,18 @@ async def warm(client: Any, topic: str) -> None:
     await client.get_topic(topic=topic, timeout=10)
 
 
-async def raw_publish(client: Any, topic: str, messages: list[Any]) -> None:
-    request = PublishRequest.wrap(_PB_REQUEST(topic=topic, messages=messages))
-    await client.publish(request=request, timeout=10, retry=None)
+async def raw_publish(
+    client: Any, topic: str, messages: list[tuple[bytes, dict[str, str]]]
+) -> None:
+    # Built in place, the fast way with protobuf's upb backend (as the library does): each
+    # message added to the request rather than copied into it, attributes set key by key.
+    request = _PB_REQUEST(topic=topic)
+    add = request.messages.add
+    for data, attributes in messages:
+        target = add(data=data).attributes
+        for key, value in attributes.items():
+            target[key] = value
+    await client.publish(request=PublishRequest.wrap(request), timeout=10, retry=None)
 
 
 async def asyncpg_baseline(
@@ -276,6 +286,32 @@ async def aiopg_baseline(dsn: str, host: str, rows: int, loops: int) -> float:
         drop_schema(dsn, name)
 
 
+async def publish_only(host: str, rows: int, loops: int) -> float:
+    """Messages/s of the emulator alone: ``loops`` concurrent loops, each sending ``BATCH``
+    prebuilt messages per ``Publish`` one request at a time, no database (information: how far
+    the broker side scales from one request in flight to two on this machine)."""
+    client = pubsub.make_emulator_client(host)
+    topic = f"projects/{PROJECT}/topics/{TOPIC}"
+    await warm(client, topic)
+    messages = [
+        _raw_message(uuid.uuid4(), "item.created", "item", f"item-{n}", b'{"n":0}', None)
+        for n in range(BATCH)
+    ]
+    requests = rows // BATCH
+
+    async def loop(count: int) -> None:
+        for _ in range(count):
+            await raw_publish(client, topic, messages)
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(loop(requests // loops) for _ in range(loops)))
+        elapsed = time.perf_counter() - started
+    finally:
+        await client.transport.close()
+    return (requests // loops) * loops * BATCH / elapsed
+
+
 # -- lag --------------------------------------------------------------------------------
 
 
@@ -307,7 +343,11 @@ async def lag(
     make_publisher: Callable[[config.OutboxConfig], base.Publisher],
     rate: float,
     seconds: float,
+    warmup: float = 0.0,
 ) -> tuple[float, float, int]:
+    """Lag p50, p99 (ms) and events not acknowledged, over ``seconds`` at ``rate`` after
+    ``warmup`` seconds of the same load whose events are not counted (steady state: the Java
+    emulator's one-message path is still being compiled in its first seconds)."""
     name = fresh_schema(dsn)
     try:
         cfg = make_config(name, dsn, host)
@@ -323,19 +363,21 @@ async def lag(
                 await asyncio.sleep(0.3)  # workers idle, LISTEN in place
                 interval = 1.0 / rate
                 total = int(rate * seconds)
+                warm = int(rate * warmup)
                 next_at = time.perf_counter()
-                for n in range(total):
+                for n in range(warm + total):
                     message = models.Message("item", f"i{n}", "item.created", {"n": n})
                     async with pool.acquire() as conn, conn.cursor() as cursor:
                         async with cursor.begin():
                             await repo.enqueue(cursor, message)
-                        committed[message.event_id] = time.perf_counter()
+                        if n >= warm:
+                            committed[message.event_id] = time.perf_counter()
                     next_at += interval
                     delay = next_at - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 deadline = time.perf_counter() + 10
-                while len(timed.acked) < total and time.perf_counter() < deadline:  # noqa: ASYNC110
+                while len(timed.acked) < warm + total and time.perf_counter() < deadline:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
         lags = sorted(
             (timed.acked[i] - t) * 1000.0 for i, t in committed.items() if i in timed.acked
@@ -401,6 +443,8 @@ class Results:
     aiopg_raw: list[float] = dataclasses.field(default_factory=list)
     asyncpg_relay_settings: list[float] = dataclasses.field(default_factory=list)
     asyncpg_one_loop: list[float] = dataclasses.field(default_factory=list)
+    publish_only_1: list[float] = dataclasses.field(default_factory=list)
+    publish_only_2: list[float] = dataclasses.field(default_factory=list)
     lag_memory: tuple[float, float, int] = (0.0, 0.0, 0)
     lag_emulator: tuple[float, float, int] = (0.0, 0.0, 0)
     lag_floor: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -422,16 +466,21 @@ async def run(args: argparse.Namespace, dsn: str, host: str, pubsub_name: str) -
             await asyncpg_baseline(dsn, host, args.rows, loops=2, relay_settings=True)
         )
         results.asyncpg_one_loop.append(await asyncpg_baseline(dsn, host, args.rows, loops=1))
+        results.publish_only_1.append(await publish_only(host, args.rows, loops=1))
+        results.publish_only_2.append(await publish_only(host, args.rows, loops=2))
         print(
             f"  round {round_number + 1}/{args.rounds}: library {results.library_2w[-1]:,.0f}/s, "
             f"asyncpg {results.asyncpg_raw[-1]:,.0f}/s, 1 worker {results.library_1w[-1]:,.0f}/s, "
             f"aiopg {results.aiopg_raw[-1]:,.0f}/s",
             file=sys.stderr,
         )
+    in_memory = lambda cfg: base.InMemoryPublisher()  # noqa: E731
     results.lag_memory = await lag(
-        dsn, host, lambda cfg: base.InMemoryPublisher(), args.rate, args.lag_seconds
+        dsn, host, in_memory, args.rate, args.lag_seconds, args.lag_warmup
     )
-    results.lag_emulator = await lag(dsn, host, pubsub.PubSubPublisher, args.rate, args.lag_seconds)
+    results.lag_emulator = await lag(
+        dsn, host, pubsub.PubSubPublisher, args.rate, args.lag_seconds, args.lag_warmup
+    )
     results.lag_floor = await lag_floor(dsn, host, args.rate, args.lag_seconds)
     return results
 
@@ -460,6 +509,13 @@ def report(results: Results, rate: float) -> None:
         f"raw asyncpg 2 loops vs 1: {raw_asyncpg / raw_one:.2f}x ({raw_one:,.0f} events/s with "
         "one loop; information: how far two loops scale on this machine at all)"
     )
+    broker_one = statistics.median(results.publish_only_1)
+    broker_two = statistics.median(results.publish_only_2)
+    print(
+        f"{results.pubsub} alone, {BATCH}-message Publish, 2 in flight vs 1: "
+        f"{broker_two / broker_one:.2f}x ({broker_one:,.0f} vs {broker_two:,.0f} messages/s, no "
+        "database; information: the broker side's own scaling)"
+    )
     for label, (p50, p99, lost) in (
         ("in-memory publisher", results.lag_memory),
         (results.pubsub, results.lag_emulator),
@@ -484,6 +540,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--lag-seconds", type=float, default=5.0)
+    parser.add_argument("--lag-warmup", type=float, default=3.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with postgres.postgres_server() as server, pubsub_testing.pubsub_server() as pubsub:

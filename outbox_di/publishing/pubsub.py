@@ -4,9 +4,10 @@ It sends each claimed batch with the GAPIC ``PublisherAsyncClient``, one ``Publi
 per topic and chunk (at most 1,000 messages and 10 MB), built from raw protobuf messages.
 Measured on these machines, the thread-batching high-level ``PublisherClient`` tops out near
 15-25k msg/s because every ``publish()`` call costs ~50 µs, while one request per claimed batch
-on the async client reached ~40k msg/s; and a raw protobuf message is ~5x cheaper to build than
-its proto-plus wrapper. The client is created in ``start()``, inside the running event loop,
-since a gRPC asyncio channel is bound to the loop that made it.
+on the async client reached ~40k msg/s; and a raw protobuf request, its messages built in place
+(:func:`build_request`), is several times cheaper to build than proto-plus wrappers. The
+client is created in ``start()``, inside the running event loop, since a gRPC asyncio channel is
+bound to the loop that made it.
 
 Failures never raise: each event gets an outcome. A message that the service would refuse
 (over 10 MB, too many or too long attributes) fails alone and permanently, so it is
@@ -23,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as google_exceptions
-from google.pubsub_v1.types import PublishRequest, PublishResponse, PubsubMessage
+from google.pubsub_v1.types import PublishRequest, PublishResponse
 
 from outbox_di import config as config_module
 from outbox_di import errors, models, observability
@@ -38,8 +39,10 @@ MAX_ATTRIBUTE_VALUE_BYTES = 1024
 # Per-message framing beyond data and attributes, counted generously when splitting requests.
 _MESSAGE_OVERHEAD = 64
 
-_PB_MESSAGE: Any = PubsubMessage.pb()
 _PB_REQUEST: Any = PublishRequest.pb()
+
+# One message of a request: (index in the batch, event, attributes, size bound in bytes).
+_Item = tuple[int, models.OutboxEvent, dict[str, str], int]
 
 
 def resolve_topic(name: str, project: str | None, key: str) -> str:
@@ -216,8 +219,7 @@ class PubSubPublisher:
 
     async def publish(self, events: Sequence[models.OutboxEvent]) -> Sequence[PublishOutcome]:
         outcomes: list[PublishOutcome | None] = [None] * len(events)
-        # topic -> list of (index, pb message, size)
-        by_topic: dict[str, list[tuple[int, Any, int]]] = {}
+        by_topic: dict[str, list[_Item]] = {}
         for index, event in enumerate(events):
             topic = self.router.topic_for(event)
             if topic is None:
@@ -234,12 +236,7 @@ class PubSubPublisher:
             if isinstance(checked, str):
                 outcomes[index] = PublishOutcome(error=checked, permanent=True)
                 continue
-            message = _PB_MESSAGE(
-                data=event.payload,
-                attributes=attributes,
-                ordering_key=event.ordering_key or "",
-            )
-            by_topic.setdefault(topic, []).append((index, message, checked))
+            by_topic.setdefault(topic, []).append((index, event, attributes, checked))
 
         requests = [(topic, chunk) for topic, items in by_topic.items() for chunk in _chunks(items)]
         if self.ordering:
@@ -256,10 +253,10 @@ class PubSubPublisher:
     async def _send(
         self,
         topic: str,
-        chunk: Sequence[tuple[int, Any, int]],
+        chunk: Sequence[_Item],
         outcomes: list[PublishOutcome | None],
     ) -> None:
-        request = PublishRequest.wrap(_PB_REQUEST(topic=topic, messages=[m for _, m, _ in chunk]))
+        request = PublishRequest.wrap(build_request(topic, chunk))
         try:
             response = await self.client.publish(request=request, timeout=self.timeout, retry=None)
         except google_exceptions.InvalidArgument as exc:
@@ -274,28 +271,46 @@ class PubSubPublisher:
             return
         except google_exceptions.GoogleAPICallError as exc:
             error = f"{type(exc).__name__}: {exc.message}"
-            for index, _, _ in chunk:
-                outcomes[index] = PublishOutcome(error=error)
+            for item in chunk:
+                outcomes[item[0]] = PublishOutcome(error=error)
             return
         except Exception as exc:  # e.g. grpc errors outside api_core's mapping, timeouts
             error = f"{type(exc).__name__}: {exc}"
-            for index, _, _ in chunk:
-                outcomes[index] = PublishOutcome(error=error)
+            for item in chunk:
+                outcomes[item[0]] = PublishOutcome(error=error)
             return
         # The raw protobuf list: proto-plus wraps each element access (~3 µs an id).
         message_ids = PublishResponse.pb(response).message_ids
-        for (index, _, _), message_id in zip(chunk, message_ids, strict=True):
-            outcomes[index] = PublishOutcome(message_id=message_id)
+        for item, message_id in zip(chunk, message_ids, strict=True):
+            outcomes[item[0]] = PublishOutcome(message_id=message_id)
 
 
-def _chunks(
-    items: Sequence[tuple[int, Any, int]],
-) -> list[Sequence[tuple[int, Any, int]]]:
+def build_request(topic: str, items: Sequence[_Item]) -> Any:
+    """The raw protobuf ``PublishRequest`` for ``items``, each message built in place.
+
+    Measured here (protobuf's upb backend), against ``PubsubMessage(attributes=dict)`` messages
+    passed to ``PublishRequest(messages=[...])``: ``messages.add()`` does not copy each message
+    into the request, and a map filled key by key is not filled by a Python-level ``update``;
+    1.3 µs a message instead of 3.9 µs.
+    """
+    request = _PB_REQUEST(topic=topic)
+    add = request.messages.add
+    for _, event, attributes, _ in items:
+        message = add(data=event.payload)
+        if event.ordering_key:
+            message.ordering_key = event.ordering_key
+        target = message.attributes
+        for key, value in attributes.items():
+            target[key] = value
+    return request
+
+
+def _chunks(items: Sequence[_Item]) -> list[Sequence[_Item]]:
     """Split into requests of at most 1,000 messages and 10 MB."""
-    chunks: list[Sequence[tuple[int, Any, int]]] = []
+    chunks: list[Sequence[_Item]] = []
     start = 0
     size = 0
-    for position, (_, _, message_size) in enumerate(items):
+    for position, (_, _, _, message_size) in enumerate(items):
         count = position - start
         if count and (count >= MAX_MESSAGES_PER_REQUEST or size + message_size > MAX_REQUEST_BYTES):
             chunks.append(items[start:position])

@@ -104,3 +104,39 @@ def test_claimed_row_headers() -> None:
     # A row written by another tool, with a number in its headers: converted, not refused.
     salvaged = OutboxRepository._claimed(_claim_row({"a": 1}), token, NOW)
     assert salvaged.headers == {"a": "1"}
+
+
+def test_publish_request_built_in_place_equals_the_standard_construction() -> None:
+    from google.pubsub_v1.types import PublishRequest, PubsubMessage
+
+    from outbox_di.publishing import pubsub
+
+    token = uuid.uuid4()
+    events = [
+        models.claimed_event(
+            uuid.uuid4(), n, "item", f"item-{n}", "item.created", b'{"n":%d}' % n,
+            {"traceparent": f"00-{n}"} if n % 2 else {}, f"key-{n}" if n % 3 else None,
+            NOW, NOW, 1, None, token, NOW,
+        )
+        for n in range(6)
+    ]
+    items = [
+        (n, event, pubsub._attributes(event), 0) for n, event in enumerate(events)
+    ]
+    built = pubsub.build_request("projects/p/topics/t", items)
+    standard = PublishRequest.pb()(
+        topic="projects/p/topics/t",
+        messages=[
+            PubsubMessage.pb()(
+                data=event.payload,
+                attributes=pubsub._attributes(event),
+                ordering_key=event.ordering_key or "",
+            )
+            for event in events
+        ],
+    )
+    assert built == standard
+    assert built.messages[1].attributes["traceparent"] == "00-1"
+    assert built.messages[1].attributes["event_id"] == str(events[1].event_id)
+    assert built.messages[0].ordering_key == ""
+    assert built.messages[1].ordering_key == "key-1"
