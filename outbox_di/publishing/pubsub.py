@@ -107,6 +107,42 @@ def _attributes(event: models.OutboxEvent) -> dict[str, str]:
     return attributes
 
 
+# The attributes every message carries: their keys are valid, the event id is 36 characters.
+_FIXED_KEYS = len("event_id") + len("event_type") + len("aggregate_type") + len("aggregate_id")
+_EVENT_ID_TEXT = 36
+# A str of at most this many characters is within the value limit whatever it holds (4 bytes a
+# character at most in UTF-8).
+_SHORT_VALUE = MAX_ATTRIBUTE_VALUE_BYTES // 4
+
+
+def _plain_message_size(event: models.OutboxEvent) -> int | None:
+    """``_check_message`` for the common message, whose only attributes are the four fixed
+    ones (no headers), with short values: its size bound, else ``None`` (check it in full)."""
+    payload_size = len(event.payload)
+    event_type, aggregate_type, aggregate_id = (
+        event.event_type,
+        event.aggregate_type,
+        event.aggregate_id,
+    )
+    if (
+        event.headers
+        or payload_size > MAX_MESSAGE_BYTES
+        or len(event_type) > _SHORT_VALUE
+        or len(aggregate_type) > _SHORT_VALUE
+        or len(aggregate_id) > _SHORT_VALUE
+    ):
+        return None
+    text = (
+        _FIXED_KEYS
+        + _EVENT_ID_TEXT
+        + len(event_type)
+        + len(aggregate_type)
+        + len(aggregate_id)
+        + len(event.ordering_key or "")
+    )
+    return payload_size + 4 * text + _MESSAGE_OVERHEAD
+
+
 def message_problem(event: models.OutboxEvent, attributes: Mapping[str, str]) -> str | None:
     """Why Pub/Sub would refuse this message, or ``None``."""
     checked = _check_message(event, attributes)
@@ -232,7 +268,8 @@ class PubSubPublisher:
                 )
                 continue
             attributes = _attributes(event)
-            checked = _check_message(event, attributes)
+            plain = _plain_message_size(event)
+            checked = _check_message(event, attributes) if plain is None else plain
             if isinstance(checked, str):
                 outcomes[index] = PublishOutcome(error=checked, permanent=True)
                 continue

@@ -140,3 +140,37 @@ def test_publish_request_built_in_place_equals_the_standard_construction() -> No
     assert built.messages[1].attributes["event_id"] == str(events[1].event_id)
     assert built.messages[0].ordering_key == ""
     assert built.messages[1].ordering_key == "key-1"
+
+
+@pytest.mark.parametrize(
+    ("headers", "event_type", "aggregate_id", "payload", "ordering_key", "plain"),
+    [
+        ({}, "item.created", "item-1", b"{}", None, True),
+        ({}, "item.created", "i" * 256, b"x" * 1000, "key", True),
+        ({}, "item.created", "é" * 257, b"{}", None, False),  # long: checked in full
+        ({}, "t" * 300, "item-1", b"{}", None, False),
+        ({}, "item.created", "item-1", b"x" * 10_000_001, None, False),  # refused, in full
+        ({"traceparent": "00-a-b-01"}, "item.created", "item-1", b"{}", None, False),
+    ],
+)
+def test_the_plain_message_fast_path_agrees_with_the_full_check(
+    headers: dict[str, str],
+    event_type: str,
+    aggregate_id: str,
+    payload: bytes,
+    ordering_key: str | None,
+    plain: bool,
+) -> None:
+    from outbox_di.publishing import pubsub
+
+    event = models.claimed_event(
+        uuid.uuid4(), 1, "item", aggregate_id, event_type, payload, headers, ordering_key,
+        NOW, NOW, 1, None, uuid.uuid4(), NOW,
+    )
+    fast = pubsub._plain_message_size(event)
+    full = pubsub._check_message(event, pubsub._attributes(event))
+    if plain:
+        assert fast == full
+        assert isinstance(fast, int)
+    else:
+        assert fast is None
