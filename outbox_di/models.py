@@ -105,26 +105,30 @@ class OutboxEvent:
 # against ~1 µs for parsing the hex digits alone). The builders below produce the very same
 # objects (equal, same hash, same str), from values the database has already validated.
 
-_OUTBOX_EVENT_SLOTS = tuple(field.name for field in dataclasses.fields(OutboxEvent))
 _NEW = object.__new__
-(
-    _set_event_id,
-    _set_seq,
-    _set_aggregate_type,
-    _set_aggregate_id,
-    _set_event_type,
-    _set_payload,
-    _set_headers,
-    _set_ordering_key,
-    _set_status,
-    _set_created_at,
-    _set_available_at,
-    _set_published_at,
-    _set_delivery_attempts,
-    _set_last_error,
-    _set_lock_token,
-    _set_locked_at,
-) = (getattr(OutboxEvent, name).__set__ for name in _OUTBOX_EVENT_SLOTS)
+# Each slot's setter, looked up by name (so a reordering of the fields cannot mismatch them).
+_SETTERS = {
+    field.name: getattr(OutboxEvent, field.name).__set__
+    for field in dataclasses.fields(OutboxEvent)
+}
+_set_event_id = _SETTERS["event_id"]
+_set_seq = _SETTERS["seq"]
+_set_aggregate_type = _SETTERS["aggregate_type"]
+_set_aggregate_id = _SETTERS["aggregate_id"]
+_set_event_type = _SETTERS["event_type"]
+_set_payload = _SETTERS["payload"]
+_set_headers = _SETTERS["headers"]
+_set_ordering_key = _SETTERS["ordering_key"]
+_set_status = _SETTERS["status"]
+_set_created_at = _SETTERS["created_at"]
+_set_available_at = _SETTERS["available_at"]
+_set_published_at = _SETTERS["published_at"]
+_set_delivery_attempts = _SETTERS["delivery_attempts"]
+_set_last_error = _SETTERS["last_error"]
+_set_lock_token = _SETTERS["lock_token"]
+_set_locked_at = _SETTERS["locked_at"]
+# A field added to OutboxEvent must be set in claimed_event() too (tests/unit/test_models.py
+# compares every field with the dataclass's own constructor).
 
 
 def claimed_event(
