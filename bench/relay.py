@@ -257,48 +257,68 @@ async def asyncpg_baseline(
         drop_schema(dsn, name)
 
 
+async def raw_parts(name: str, host: str) -> tuple[str, str, Any, str]:
+    """The hand-written aiopg loops' claim and mark statements, a connected Pub/Sub client and
+    the topic."""
+    queries = schema.Queries(name)
+    client = pubsub.make_emulator_client(host)
+    topic = f"projects/{PROJECT}/topics/{TOPIC}"
+    await warm(client, topic)
+    return queries["outbox_claim"].sql, queries["outbox_mark_published"].sql, client, topic
+
+
+async def aiopg_batch(
+    pool: Any,
+    claim: str,
+    mark: str,
+    client: Any,
+    topic: str,
+    on_acknowledged: Callable[[list[Any]], None] | None = None,
+) -> int:
+    """One claim → publish → mark of the hand-written aiopg loop; how many rows it claimed.
+    ``on_acknowledged`` sees the claimed records when Pub/Sub has acknowledged them."""
+    token = str(uuid.uuid4())
+    now = models.utcnow()
+    values = {
+        "now": now,
+        "stale_before": now - dt.timedelta(seconds=30),
+        "limit": BATCH,
+        "lock_token": token,
+    }
+    async with pool.acquire() as conn, conn.cursor() as cursor:
+        await cursor.execute(claim, values)
+        records = await cursor.fetchall()
+    if not records:
+        return 0
+    messages = [_raw_message(r[0], r[4], r[2], r[3], r[5], r[6]) for r in records]
+    await raw_publish(client, topic, messages)
+    if on_acknowledged is not None:
+        on_acknowledged(records)
+    async with pool.acquire() as conn, conn.cursor() as cursor:
+        await cursor.execute(
+            mark,
+            {
+                "event_ids": ",".join([r[0] for r in records]),
+                "lock_token": token,
+                "published_at": models.utcnow(),
+            },
+        )
+    return len(records)
+
+
 async def aiopg_baseline(dsn: str, host: str, rows: int, loops: int) -> float:
     """The same hand-written loop on aiopg (psycopg2), the library's pool driver."""
     name = fresh_schema(dsn)
     try:
         async with database.open_pool(dsn, min_size=loops, max_size=loops + 2) as pool:
             await prefill(pool, repository.OutboxRepository(pool, name), rows)
-            queries = schema.Queries(name)
-            claim = queries["outbox_claim"].sql
-            mark = queries["outbox_mark_published"].sql
-            client = pubsub.make_emulator_client(host)
-            topic = f"projects/{PROJECT}/topics/{TOPIC}"
-            await warm(client, topic)
+            claim, mark, client, topic = await raw_parts(name, host)
             done = 0
 
             async def loop() -> None:
                 nonlocal done
-                while True:
-                    token = str(uuid.uuid4())
-                    now = models.utcnow()
-                    values = {
-                        "now": now,
-                        "stale_before": now - dt.timedelta(seconds=30),
-                        "limit": BATCH,
-                        "lock_token": token,
-                    }
-                    async with pool.acquire() as conn, conn.cursor() as cursor:
-                        await cursor.execute(claim, values)
-                        records = await cursor.fetchall()
-                    if not records:
-                        return
-                    messages = [_raw_message(r[0], r[4], r[2], r[3], r[5], r[6]) for r in records]
-                    await raw_publish(client, topic, messages)
-                    async with pool.acquire() as conn, conn.cursor() as cursor:
-                        await cursor.execute(
-                            mark,
-                            {
-                                "event_ids": ",".join([r[0] for r in records]),
-                                "lock_token": token,
-                                "published_at": models.utcnow(),
-                            },
-                        )
-                    done += len(records)
+                while claimed := await aiopg_batch(pool, claim, mark, client, topic):
+                    done += claimed
 
             with Clock(f"raw aiopg, {loops} loop(s)", rows) as clock:
                 await asyncio.gather(*(loop() for _ in range(loops)))
@@ -360,6 +380,30 @@ class _Timed:
         return outcomes
 
 
+async def offer_load(
+    pool: Any, repo: repository.OutboxRepository, rate: float, seconds: float, warmup: float
+) -> tuple[dict[uuid.UUID, float], int]:
+    """A writer committing one event per transaction at ``rate`` events/s, for ``warmup``
+    seconds (not counted) and then ``seconds``: the commit time of each counted event, and how
+    many events were written in all."""
+    committed: dict[uuid.UUID, float] = {}
+    warm, total = int(rate * warmup), int(rate * seconds)
+    interval = 1.0 / rate
+    next_at = time.perf_counter()
+    for n in range(warm + total):
+        message = models.Message("item", f"i{n}", "item.created", {"n": n})
+        async with pool.acquire() as conn, conn.cursor() as cursor:
+            async with cursor.begin():
+                await repo.enqueue(cursor, message)
+            if n >= warm:
+                committed[message.event_id] = time.perf_counter()
+        next_at += interval
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    return committed, warm + total
+
+
 async def lag(
     dsn: str,
     host: str,
@@ -380,31 +424,16 @@ async def lag(
         ):
             repo = repository.OutboxRepository(pool, name)
             timed = _Timed(make_publisher(cfg))
-            committed: dict[uuid.UUID, float] = {}
             relay_repo = repository.OutboxRepository(relay_pool, name)
             async with PublisherTask(cfg, relay_repo, timed):
                 await asyncio.sleep(0.3)  # workers idle, LISTEN in place
-                interval = 1.0 / rate
-                total = int(rate * seconds)
-                warm = int(rate * warmup)
-                next_at = time.perf_counter()
-                for n in range(warm + total):
-                    message = models.Message("item", f"i{n}", "item.created", {"n": n})
-                    async with pool.acquire() as conn, conn.cursor() as cursor:
-                        async with cursor.begin():
-                            await repo.enqueue(cursor, message)
-                        if n >= warm:
-                            committed[message.event_id] = time.perf_counter()
-                    next_at += interval
-                    delay = next_at - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                committed, written = await offer_load(pool, repo, rate, seconds, warmup)
                 deadline = time.perf_counter() + 10
-                while len(timed.acked) < warm + total and time.perf_counter() < deadline:  # noqa: ASYNC110
+                while len(timed.acked) < written and time.perf_counter() < deadline:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
         lags = [(timed.acked[i] - t) * 1000.0 for i, t in committed.items() if i in timed.acked]
         p50, p99 = _percentiles(lags)
-        return p50, p99, total - len(lags)
+        return p50, p99, len(committed) - len(lags)
     finally:
         drop_schema(dsn, name)
 
@@ -421,14 +450,9 @@ async def raw_lag(
     session settings, woken by its own LISTEN connection, the library's claim and mark
     statements, the same Pub/Sub client (information: the same path without the library)."""
     name = fresh_schema(dsn)
-    queries = schema.Queries(name)
-    claim = queries["outbox_claim"].sql
-    mark = queries["outbox_mark_published"].sql
-    client = pubsub.make_emulator_client(host)
-    topic = f"projects/{PROJECT}/topics/{TOPIC}"
-    await warm(client, topic)
-    acked: dict[str, float] = {}
-    committed: dict[str, float] = {}
+    claim, mark, client, topic = await raw_parts(name, host)
+    acked: dict[str, float] = {}  # by the id's text, as psycopg2 returns it
+    committed: dict[uuid.UUID, float] = {}
     try:
         async with (
             database.open_pool(dsn, max_size=8) as pool,
@@ -442,67 +466,29 @@ async def raw_lag(
             async def listen() -> None:
                 async with relay_pool.acquire() as conn:
                     async with conn.cursor() as cursor:
-                        await cursor.execute(queries["listen_outbox"].sql)
+                        await cursor.execute(schema.Queries(name)["listen_outbox"].sql)
                     while True:
                         await conn.notifies.get()
                         wake.set()
+
+            def acknowledged(records: list[Any]) -> None:
+                done = time.perf_counter()
+                for record in records:
+                    acked[record[0]] = done
 
             async def relay() -> None:
                 while True:
                     await wake.wait()
                     wake.clear()
-                    while True:
-                        token = str(uuid.uuid4())
-                        now = models.utcnow()
-                        async with relay_pool.acquire() as conn, conn.cursor() as cursor:
-                            await cursor.execute(
-                                claim,
-                                {
-                                    "now": now,
-                                    "stale_before": now - dt.timedelta(seconds=30),
-                                    "limit": BATCH,
-                                    "lock_token": token,
-                                },
-                            )
-                            records = await cursor.fetchall()
-                        if not records:
-                            break
-                        messages = [
-                            _raw_message(r[0], r[4], r[2], r[3], r[5], r[6]) for r in records
-                        ]
-                        await raw_publish(client, topic, messages)
-                        done = time.perf_counter()
-                        for record in records:
-                            acked[record[0]] = done
-                        async with relay_pool.acquire() as conn, conn.cursor() as cursor:
-                            await cursor.execute(
-                                mark,
-                                {
-                                    "event_ids": ",".join([r[0] for r in records]),
-                                    "lock_token": token,
-                                    "published_at": models.utcnow(),
-                                },
-                            )
+                    while await aiopg_batch(relay_pool, claim, mark, client, topic, acknowledged):
+                        pass
 
             tasks = [asyncio.create_task(listen()), asyncio.create_task(relay())]
             try:
                 await asyncio.sleep(0.3)  # LISTEN in place
-                warm_count, total = int(rate * warmup), int(rate * seconds)
-                interval = 1.0 / rate
-                next_at = time.perf_counter()
-                for n in range(warm_count + total):
-                    message = models.Message("item", f"i{n}", "item.created", {"n": n})
-                    async with pool.acquire() as conn, conn.cursor() as cursor:
-                        async with cursor.begin():
-                            await repo.enqueue(cursor, message)
-                        if n >= warm_count:
-                            committed[str(message.event_id)] = time.perf_counter()
-                    next_at += interval
-                    delay = next_at - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                committed, written = await offer_load(pool, repo, rate, seconds, warmup)
                 deadline = time.perf_counter() + 10
-                while len(acked) < warm_count + total and time.perf_counter() < deadline:  # noqa: ASYNC110
+                while len(acked) < written and time.perf_counter() < deadline:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
             finally:
                 for task in tasks:
@@ -511,7 +497,7 @@ async def raw_lag(
     finally:
         await client.transport.close()
         drop_schema(dsn, name)
-    lags = [(acked[i] - t) * 1000.0 for i, t in committed.items() if i in acked]
+    lags = [(acked[str(i)] - t) * 1000.0 for i, t in committed.items() if str(i) in acked]
     p50, p99 = _percentiles(lags)
     return p50, p99, len(committed) - len(lags)
 
