@@ -322,6 +322,28 @@ class InboxContract:
         await wait_until(reached, self.wait_timeout, what)
         return [await self._stored(run, event_id) for event_id in event_ids]
 
+    async def _one_recovers_one_dies(
+        self, run: _Run, inbox_topic: InboxTopic, event_type: str, *, failures: int
+    ) -> tuple[models.InboxEvent, models.InboxEvent]:
+        """Publish two events of ``event_type``: one whose handler fails ``failures`` times and
+        then succeeds, one whose handler always fails; returns them processed and dead."""
+        recovers, doomed = str(uuid.uuid4()), str(uuid.uuid4())
+        await publish(
+            inbox_topic.host,
+            inbox_topic.topic,
+            [
+                (b'{"fail": %d}' % failures, self._attributes(event_type, recovers)),
+                (b'{"fail": 1000000}', self._attributes(event_type, doomed)),
+            ],
+        )
+        [ok] = await self._settled(
+            run, [recovers], models.InboxStatus.PROCESSED, f"the {event_type} event processed"
+        )
+        [dead] = await self._settled(
+            run, [doomed], models.InboxStatus.DEAD, f"the failing {event_type} event dead"
+        )
+        return ok, dead
+
     async def _effects(self, run: _Run) -> list[tuple[str, str]]:
         async with run.pool.acquire() as conn, conn.cursor() as cursor:
             await cursor.execute(self._effects_sql("list"), {"consumer": run.consumer})
@@ -372,23 +394,10 @@ class InboxContract:
     async def test_failing_handler_is_retried_then_dead(
         self, inbox_container: Any, inbox_topic: InboxTopic
     ) -> None:
-        recovers, doomed = str(uuid.uuid4()), str(uuid.uuid4())
         async with self._running(inbox_container) as run:
             max_attempts = run.settings.inbox.max_attempts
-            await publish(
-                inbox_topic.host,
-                inbox_topic.topic,
-                [
-                    (b'{"fail": 2}', self._attributes("flaky", recovers)),
-                    (b'{"fail": 1000000}', self._attributes("flaky", doomed)),
-                ],
-            )
-            [ok] = await self._settled(
-                run, [recovers], models.InboxStatus.PROCESSED, "the flaky event processed"
-            )
-            [dead] = await self._settled(
-                run, [doomed], models.InboxStatus.DEAD, "the failing event dead"
-            )
+            ok, dead = await self._one_recovers_one_dies(run, inbox_topic, "flaky", failures=2)
+            recovers, doomed = ok.event_id, dead.event_id
             dead_count = await run.repository.count_dead(run.consumer)
         assert self.calls[recovers] == 3
         assert ok.delivery_attempts == 3
@@ -513,21 +522,10 @@ class InboxContract:
     async def test_transactional_handler_rollback_leaves_no_partial_effect(
         self, inbox_container: Any, inbox_topic: InboxTopic
     ) -> None:
-        recovers, doomed = str(uuid.uuid4()), str(uuid.uuid4())
         async with self._running(inbox_container) as run:
             max_attempts = run.settings.inbox.max_attempts
-            await publish(
-                inbox_topic.host,
-                inbox_topic.topic,
-                [
-                    (b'{"fail": 1}', self._attributes("partial", recovers)),
-                    (b'{"fail": 1000000}', self._attributes("partial", doomed)),
-                ],
-            )
-            [ok] = await self._settled(
-                run, [recovers], models.InboxStatus.PROCESSED, "the event processed"
-            )
-            [dead] = await self._settled(run, [doomed], models.InboxStatus.DEAD, "the event dead")
+            ok, dead = await self._one_recovers_one_dies(run, inbox_topic, "partial", failures=1)
+            recovers, doomed = ok.event_id, dead.event_id
             effects = await self._effects(run)
         # Each failed run wrote its two rows and was rolled back: one set, from the run that
         # succeeded, and none of the event that never did.
