@@ -33,18 +33,17 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import secrets
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.pubsub_v1.types import PubsubMessage, PullResponse
 from psycopg2 import sql
 
-from outbox_di import config, database, models, repository, schema
+from outbox_di import config, database, models, repository
 from outbox_di.inbox.receiver import InboxReceiver
 from outbox_di.inbox.worker import InboxWorker
 from outbox_di.testing import postgres
@@ -58,18 +57,6 @@ PULL_MAX = 1000
 CLAIM_BATCH = 100  # inbox.batch_size's default
 LOOPS = 2  # the receiver's pull loops and inbox.workers' default
 _COLUMN_ATTRIBUTES = frozenset({"event_id", "event_type", "aggregate_type", "aggregate_id"})
-
-
-@contextlib.contextmanager
-def fresh_schema(dsn: str) -> Iterator[str]:
-    name = f"bench_inbox_{secrets.token_hex(4)}"
-    with database.connect(dsn) as conn:
-        database.migrate(conn, name)
-    try:
-        yield name
-    finally:
-        with database.connect(dsn) as conn, conn, conn.cursor() as cursor:
-            cursor.execute(schema.Queries(name)["drop_schema"].sql)
 
 
 @contextlib.asynccontextmanager
@@ -125,7 +112,7 @@ async def _wait(done: Any, what: str, within: float = 300.0) -> None:
 
 async def library_run(dsn: str, host: str, messages: int) -> tuple[float, float]:
     async with filled_subscription(host, messages) as made:
-        with fresh_schema(dsn) as name:
+        with postgres.migrated_schema(dsn, "bench_inbox") as name:
             cfg = make_config(name, dsn, host, made.subscription)
             async with database.open_pool(dsn, max_size=10) as pool:
                 repo = repository.InboxRepository(pool, name)
@@ -182,7 +169,7 @@ class RawSql:
 
 async def raw_run(dsn: str, host: str, messages: int) -> tuple[float, float]:
     async with filled_subscription(host, messages) as made:
-        with fresh_schema(dsn) as name:
+        with postgres.migrated_schema(dsn, "bench_inbox") as name:
             statements = RawSql(name)
             async with (
                 database.open_pool(dsn, max_size=10) as pool,

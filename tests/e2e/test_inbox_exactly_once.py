@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -30,11 +29,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from psycopg2 import sql
 
-from outbox_di import config, database, models, observability, repository, schema
+from outbox_di import config, database, models, observability, repository
 from outbox_di.inbox.receiver import InboxReceiver
 from outbox_di.inbox.worker import InboxWorker
 from outbox_di.publishing.pubsub import PubSubPublisher
 from outbox_di.publishing.task import PublisherTask
+from outbox_di.testing import postgres
 from outbox_di.testing import pubsub as pubsub_testing
 from outbox_di.testing.pubsub import EmulatorEndpoint, TopicWithSubscription
 
@@ -59,14 +59,8 @@ def _in(statement: str, schema_name: str) -> sql.Composed:
 @pytest.fixture
 def schema_b(outbox_dsn: str) -> Iterator[str]:
     """Service B's schema (``outbox_schema`` is service A's), migrated and dropped afterwards."""
-    name = f"test_b_{uuid.uuid4().hex[:10]}"
-    with database.connect(outbox_dsn) as conn:
-        database.migrate(conn, name)
-    try:
+    with postgres.migrated_schema(outbox_dsn, "test_b") as name:
         yield name
-    finally:
-        with database.connect(outbox_dsn) as conn, conn, conn.cursor() as cursor:
-            cursor.execute(schema.Queries(name)["drop_schema"].sql)
 
 
 @pytest.fixture
