@@ -15,22 +15,27 @@ def dsn_parts(dsn: str) -> dict[str, str]:
     return psycopg2.extensions.parse_dsn(dsn)
 
 
+def database_entry(dsn: str) -> dict[str, Any]:
+    """A Django ``DATABASES`` entry for the PostgreSQL server at ``dsn``."""
+    parts = dsn_parts(dsn)
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parts.get("dbname", "postgres"),
+        "USER": parts.get("user", ""),
+        "PASSWORD": parts.get("password", ""),
+        "HOST": parts.get("host", ""),
+        "PORT": parts.get("port", ""),
+    }
+
+
 def configure_django(dsn: str) -> None:
     """Point Django's default database at the test server, once per process (whichever test
     module asks first)."""
     if settings.configured:
         return
-    parts = dsn_parts(dsn)
     settings.configure(
         DATABASES={
-            "default": {
-                "ENGINE": "django.db.backends.postgresql",
-                "NAME": parts.get("dbname", "postgres"),
-                "USER": parts.get("user", ""),
-                "PASSWORD": parts.get("password", ""),
-                "HOST": parts.get("host", ""),
-                "PORT": parts.get("port", ""),
-            },
+            "default": database_entry(dsn),
             # Never connected to: only shows that a non-PostgreSQL database is refused.
             "sqlite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
         },

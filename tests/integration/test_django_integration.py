@@ -542,18 +542,6 @@ def fresh_database(outbox_dsn: str) -> Iterator[str]:
         admin.close()
 
 
-def _database_entry(dsn: str) -> dict[str, Any]:
-    parts = _dsn_parts(dsn)
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": parts.get("dbname", "postgres"),
-        "USER": parts.get("user", ""),
-        "PASSWORD": parts.get("password", ""),
-        "HOST": parts.get("host", ""),
-        "PORT": parts.get("port", ""),
-    }
-
-
 def _write_project(
     folder: Path, databases: Mapping[str, Any], outbox: Mapping[str, Any], extra: str = ""
 ) -> None:
@@ -616,7 +604,7 @@ def test_migration_applies_the_ddl_to_the_configured_schema(
     schema = "shop_outbox"
     _write_project(
         tmp_path,
-        {"default": _database_entry(fresh_database)},
+        {"default": support.database_entry(fresh_database)},
         {"schema": schema, "publisher": {"topic": "events"}},
     )
     shown = _django(tmp_path, "sqlmigrate", "outbox_di", "0001").stdout
@@ -650,7 +638,10 @@ def test_migration_of_another_database_leaves_it_alone(
         other_dsn = psycopg2.extensions.make_dsn(outbox_dsn, dbname=other)
         _write_project(
             tmp_path,
-            {"default": _database_entry(fresh_database), "other": _database_entry(other_dsn)},
+            {
+                "default": support.database_entry(fresh_database),
+                "other": support.database_entry(other_dsn),
+            },
             {"schema": schema, "publisher": {"topic": "events"}},
         )
         migrated = _django(tmp_path, "migrate", "outbox_di", "--database", "other")
@@ -738,7 +729,7 @@ async def test_runserver_starts_the_workers_in_the_reloader_child_only(
     async with temporary_topic(host, PROJECT, prefix="runserver") as made:
         _write_project(
             tmp_path,
-            {"default": _database_entry(outbox_dsn)},
+            {"default": support.database_entry(outbox_dsn)},
             {
                 "schema": outbox_schema,
                 "pubsub": {"project": PROJECT, "emulator_host": host},
@@ -797,7 +788,7 @@ async def test_outbox_worker_runs_until_sigterm_and_drains(
     async with temporary_topic(host, PROJECT, prefix="outbox-worker") as made:
         _write_project(
             tmp_path,
-            {"default": _database_entry(outbox_dsn)},
+            {"default": support.database_entry(outbox_dsn)},
             {
                 "schema": outbox_schema,
                 "pubsub": {"project": PROJECT, "emulator_host": host},
