@@ -56,6 +56,28 @@ class Message:
         return encode_payload(self.payload, self.event_id)
 
 
+def require_message(value: object, call: str) -> Message:
+    """``value`` if it is a :class:`Message`; else a ``TypeError`` that names ``call``, the
+    expected form, before anything is written."""
+    if isinstance(value, Message):
+        return value
+    if isinstance(value, Mapping):
+        hint = "build one: Message(aggregate_type, aggregate_id, event_type, payload)"
+    else:
+        hint = "the session comes first, the message second"
+    raise TypeError(f"{call}: expected a Message, got {type(value).__name__} ({hint})")
+
+
+def require_messages(values: object, call: str) -> list[Message]:
+    """``values`` as a list of :class:`Message`, each checked (see :func:`require_message`)."""
+    if isinstance(values, (Message, str, bytes, Mapping)) or not hasattr(values, "__iter__"):
+        raise TypeError(
+            f"{call}: expected an iterable of Message, got {type(values).__name__} "
+            "(the session comes first, the messages second)"
+        )
+    return [require_message(value, f"{call}, item {index}") for index, value in enumerate(values)]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReceivedMessage:
     """A message taken from the broker, before it is recorded in the inbox."""
@@ -328,7 +350,8 @@ def decode_headers(raw: object, event_id: object = None) -> dict[str, str]:
             value = json.loads(value)
         except ValueError:
             logger.warning(
-                "headers of event %s are not JSON; ignoring them", event_id,
+                "headers of event %s are not JSON; ignoring them",
+                event_id,
                 extra={"event_id": str(event_id)},
             )
             return {}
@@ -341,16 +364,15 @@ def decode_headers(raw: object, event_id: object = None) -> dict[str, str]:
             return value
     if isinstance(value, dict):
         logger.warning(
-            "headers of event %s hold non-string values; converting them to strings", event_id,
+            "headers of event %s hold non-string values; converting them to strings",
+            event_id,
             extra={"event_id": str(event_id)},
         )
-        return {
-            str(k): v if isinstance(v, str) else _dumps(v)
-            for k, v in value.items()
-        }
+        return {str(k): v if isinstance(v, str) else _dumps(v) for k, v in value.items()}
     logger.warning(
         "headers of event %s are not a JSON object (%s); ignoring them",
-        event_id, type(value).__name__,
+        event_id,
+        type(value).__name__,
         extra={"event_id": str(event_id)},
     )
     return {}

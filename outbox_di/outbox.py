@@ -1,44 +1,90 @@
 """``Outbox``: the enqueue facade that services get from the container.
 
-With a session (your connection, cursor or ORM session inside your transaction) the event joins
-your transaction. Without one, the facade opens a short transaction of its own on the library's
-pool, which suits events that announce nothing written in the same database.
+``await outbox.enqueue(session, message)``: with a session (your connection, cursor or ORM
+session inside your transaction) first, the event joins your transaction. With the message
+alone, the facade opens a short transaction of its own on the library's pool, which suits events
+that announce nothing written in the same database.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, overload
 
 import psycopg2
 
 from outbox_di import errors, models, repository
 
+_NO_MESSAGE: Any = object()
+
+
+def _moved(call: str) -> TypeError:
+    return TypeError(
+        f"{call}: the session is the first argument now, not session=: write "
+        f"{call.replace('(', '(session, ', 1)}"
+    )
+
 
 class Outbox:
-    """Enqueue events: ``await outbox.enqueue(message, session=conn)``."""
+    """Enqueue events: ``await outbox.enqueue(session, message)`` inside your transaction, or
+    ``await outbox.enqueue(message)`` in a transaction of the library's own."""
 
     def __init__(self, outbox_repository: repository.OutboxRepository, pool: Any) -> None:
         self.repository = outbox_repository
         self.pool = pool
 
-    async def enqueue(self, message: models.Message, session: object = None) -> uuid.UUID:
-        """Store ``message``; in ``session``'s transaction when given, else in one of our own."""
-        if session is not None:
-            return await self.repository.enqueue(session, message)
-        async with self.transaction() as cursor:
-            return await self.repository.enqueue(cursor, message)
+    @overload
+    async def enqueue(self, message: models.Message, /) -> uuid.UUID: ...
+
+    @overload
+    async def enqueue(self, session: object, message: models.Message, /) -> uuid.UUID: ...
+
+    async def enqueue(
+        self, first: object, message: Any = _NO_MESSAGE, /, **unexpected: object
+    ) -> uuid.UUID:
+        """Store one message: in ``session``'s open transaction when given, else in a short
+        transaction of the library's own. Wrong arguments raise ``TypeError`` before anything
+        is written."""
+        if unexpected:
+            raise (
+                _moved("enqueue(message)")
+                if "session" in unexpected
+                else _unexpected("enqueue", unexpected)
+            )
+        if message is _NO_MESSAGE:
+            single = models.require_message(first, "enqueue(message)")
+            async with self.transaction() as cursor:
+                return await self.repository.enqueue(cursor, single)
+        models.require_message(message, "enqueue(session, message)")
+        return await self.repository.enqueue(first, message)
+
+    @overload
+    async def enqueue_many(self, messages: Iterable[models.Message], /) -> list[uuid.UUID]: ...
+
+    @overload
+    async def enqueue_many(
+        self, session: object, messages: Iterable[models.Message], /
+    ) -> list[uuid.UUID]: ...
 
     async def enqueue_many(
-        self, messages: Iterable[models.Message], session: object = None
+        self, first: object, messages: Any = _NO_MESSAGE, /, **unexpected: object
     ) -> list[uuid.UUID]:
-        """Store all ``messages`` in one statement (and one transaction)."""
-        if session is not None:
-            return await self.repository.enqueue_many(session, messages)
-        async with self.transaction() as cursor:
-            return await self.repository.enqueue_many(cursor, messages)
+        """Store all messages in one statement: in ``session``'s transaction when given, else
+        in one of the library's own."""
+        if unexpected:
+            raise (
+                _moved("enqueue_many(messages)")
+                if "session" in unexpected
+                else _unexpected("enqueue_many", unexpected)
+            )
+        if messages is _NO_MESSAGE:
+            batch = models.require_messages(first, "enqueue_many(messages)")
+            async with self.transaction() as cursor:
+                return await self.repository.enqueue_many(cursor, batch)
+        batch = models.require_messages(messages, "enqueue_many(session, messages)")
+        return await self.repository.enqueue_many(first, batch)
 
     def enqueue_sync(self, session: object, message: models.Message) -> uuid.UUID:
         """For synchronous sessions (Django inside ``transaction.atomic()``, psycopg, ...)."""
@@ -70,3 +116,11 @@ class Outbox:
                 await cursor.execute(queries["transaction_commit"].sql)
         except psycopg2.Error as exc:
             raise errors.DatabaseError(f"outbox transaction failed: {exc}") from exc
+
+
+def _unexpected(method: str, keywords: Mapping[str, object]) -> TypeError:
+    names = ", ".join(sorted(keywords))
+    return TypeError(
+        f"{method}() got unexpected keyword argument(s) {names}: call "
+        f"{method}(session, message) or {method}(message)"
+    )

@@ -209,6 +209,7 @@ class OutboxRepository:
 
     async def enqueue(self, session: object, message: models.Message) -> uuid.UUID:
         """Insert ``message`` through ``session``, inside the caller's open transaction."""
+        message = models.require_message(message, "enqueue(session, message)")
         await sessions.execute(session, self._insert, self._insert_values(message))
         return message.event_id
 
@@ -216,13 +217,14 @@ class OutboxRepository:
         self, session: object, messages: Iterable[models.Message]
     ) -> list[uuid.UUID]:
         """Insert all ``messages`` in one statement, inside the caller's open transaction."""
-        batch = list(messages)
+        batch = models.require_messages(messages, "enqueue_many(session, messages)")
         if batch:
             await sessions.execute(session, self._insert_many, self._insert_many_values(batch))
         return [message.event_id for message in batch]
 
     def enqueue_sync(self, session: object, message: models.Message) -> uuid.UUID:
         """``enqueue`` for synchronous sessions (Django, psycopg, psycopg2, SQLAlchemy)."""
+        message = models.require_message(message, "enqueue_sync(session, message)")
         sessions.execute_sync(session, self._insert, self._insert_values(message))
         return message.event_id
 
@@ -230,7 +232,7 @@ class OutboxRepository:
         self, session: object, messages: Iterable[models.Message]
     ) -> list[uuid.UUID]:
         """``enqueue_many`` for synchronous sessions."""
-        batch = list(messages)
+        batch = models.require_messages(messages, "enqueue_many_sync(session, messages)")
         if batch:
             sessions.execute_sync(session, self._insert_many, self._insert_many_values(batch))
         return [message.event_id for message in batch]

@@ -83,13 +83,13 @@ async def create_item(request: web.Request) -> web.Response:
                 # The event first, on purpose: a refused insert takes it back with the
                 # transaction.
                 event_id = await outbox.enqueue(
+                    conn,
                     Message(
                         aggregate_type="item",
                         aggregate_id=item_id,
                         event_type="item.created",
                         payload={"id": str(item_id), "sku": sku, "name": name},
                     ),
-                    session=conn,
                 )
                 await conn.execute(INSERT_ITEM, item_id, sku, name)
         except asyncpg.UniqueViolationError:

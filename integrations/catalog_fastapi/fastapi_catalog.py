@@ -106,13 +106,13 @@ async def create_item(
         async with request.app.state.sessions() as session, session.begin():
             # The event first, on purpose: a refused insert takes it back with the transaction.
             event_id = await outbox.enqueue(
+                session,
                 Message(
                     aggregate_type="item",
                     aggregate_id=item_id,
                     event_type="item.created",
                     payload={"id": str(item_id), "sku": new.sku, "name": new.name},
                 ),
-                session=session,
             )
             try:
                 await session.execute(items.insert().values(id=item_id, sku=new.sku, name=new.name))

@@ -40,7 +40,7 @@ async def create_item(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     async with outbox.transaction() as cursor:
         event_id = await outbox.enqueue(
-            models.Message("item", name, "item.created", {"name": name}), session=cursor
+            cursor, models.Message("item", name, "item.created", {"name": name})
         )
     return web.json_response({"event_id": str(event_id)}, status=201)
 
@@ -49,7 +49,7 @@ async def refuse_item(request: web.Request) -> web.Response:
     outbox = await outbox_aiohttp.get_outbox(request)
     async with outbox.transaction() as cursor:
         request.app[ATTEMPTED].append(
-            await outbox.enqueue(models.Message("item", "x", "item.created", {}), session=cursor)
+            await outbox.enqueue(cursor, models.Message("item", "x", "item.created", {}))
         )
         raise web.HTTPConflict(text="refused after enqueue")
 

@@ -89,9 +89,7 @@ async def test_wire_and_provide_the_outbox_facade(outbox_schema: str, outbox_dsn
         pool = await container.pool()
         async with pool.acquire() as conn, conn.cursor() as cursor:
             transaction = await cursor.begin()
-            rolled = await outbox.enqueue(
-                models.Message("item", "2", "item.created", {}), session=cursor
-            )
+            rolled = await outbox.enqueue(cursor, models.Message("item", "2", "item.created", {}))
             await transaction.rollback()
         assert await repo.get(rolled) is None
         # A web process started only the pool: no publisher task is running.

@@ -50,7 +50,7 @@ def _make_app(lifespan: outbox_fastapi.Lifespan) -> tuple[FastAPI, list[uuid.UUI
     async def create_item(name: str, outbox: OutboxDep) -> dict[str, str]:
         async with outbox.transaction() as cursor:
             event_id = await outbox.enqueue(
-                models.Message("item", name, "item.created", {"name": name}), session=cursor
+                cursor, models.Message("item", name, "item.created", {"name": name})
             )
         return {"event_id": str(event_id)}
 
@@ -58,9 +58,7 @@ def _make_app(lifespan: outbox_fastapi.Lifespan) -> tuple[FastAPI, list[uuid.UUI
     async def refuse_item(name: str, outbox: OutboxDep) -> None:
         async with outbox.transaction() as cursor:
             attempted.append(
-                await outbox.enqueue(
-                    models.Message("item", name, "item.created", {}), session=cursor
-                )
+                await outbox.enqueue(cursor, models.Message("item", name, "item.created", {}))
             )
             raise HTTPException(status_code=409, detail="refused after enqueue")
 

@@ -27,16 +27,14 @@ async def test_commit_and_rollback(
     committed = await outbox.enqueue(models.Message("item", "1", "item.created", {}))
     with pytest.raises(RuntimeError, match="refused"):
         async with outbox.transaction() as cursor:
-            rolled = await outbox.enqueue(
-                models.Message("item", "2", "item.created", {}), session=cursor
-            )
+            rolled = await outbox.enqueue(cursor, models.Message("item", "2", "item.created", {}))
             raise RuntimeError("refused")
     assert await outbox_repository.get(committed) is not None
     assert await outbox_repository.get(rolled) is None
     # A failing statement inside is a DatabaseError, and the transaction is rolled back.
     with pytest.raises(errors.DatabaseError, match="outbox transaction failed"):
         async with outbox.transaction() as cursor:
-            await outbox.enqueue(models.Message("item", "3", "item.created", {}), session=cursor)
+            await outbox.enqueue(cursor, models.Message("item", "3", "item.created", {}))
             await cursor.execute("SELECT 1/0")
     assert await outbox_repository.count_pending() == 1
 
@@ -55,7 +53,7 @@ async def test_a_request_cancelled_during_commit_stays_atomic(
     async def request() -> None:
         async with outbox.transaction() as cursor:
             await cursor.execute(_in_schema("INSERT INTO {}.items VALUES ('lamp')", schema))
-            await outbox.enqueue(models.Message("item", "lamp", "item.created", {}), session=cursor)
+            await outbox.enqueue(cursor, models.Message("item", "lamp", "item.created", {}))
             written.set()
 
     task = asyncio.create_task(request())

@@ -36,9 +36,7 @@ def test_claimed_event_equals_the_dataclass_built_the_standard_way() -> None:
         "locked_at": NOW + dt.timedelta(seconds=2),
     }
     fast = models.claimed_event(**values)
-    standard = models.OutboxEvent(
-        status=models.OutboxStatus.PENDING, published_at=None, **values
-    )
+    standard = models.OutboxEvent(status=models.OutboxStatus.PENDING, published_at=None, **values)
     assert fast == standard
     assert repr(fast) == repr(standard)
     for field in dataclasses.fields(models.OutboxEvent):
@@ -114,15 +112,24 @@ def test_publish_request_built_in_place_equals_the_standard_construction() -> No
     token = uuid.uuid4()
     events = [
         models.claimed_event(
-            uuid.uuid4(), n, "item", f"item-{n}", "item.created", b'{"n":%d}' % n,
-            {"traceparent": f"00-{n}"} if n % 2 else {}, f"key-{n}" if n % 3 else None,
-            NOW, NOW, 1, None, token, NOW,
+            uuid.uuid4(),
+            n,
+            "item",
+            f"item-{n}",
+            "item.created",
+            b'{"n":%d}' % n,
+            {"traceparent": f"00-{n}"} if n % 2 else {},
+            f"key-{n}" if n % 3 else None,
+            NOW,
+            NOW,
+            1,
+            None,
+            token,
+            NOW,
         )
         for n in range(6)
     ]
-    items = [
-        (n, event, pubsub._attributes(event), 0) for n, event in enumerate(events)
-    ]
+    items = [(n, event, pubsub._attributes(event), 0) for n, event in enumerate(events)]
     built = pubsub.build_request("projects/p/topics/t", items)
     standard = PublishRequest.pb()(
         topic="projects/p/topics/t",
@@ -164,8 +171,20 @@ def test_the_plain_message_fast_path_agrees_with_the_full_check(
     from outbox_di.publishing import pubsub
 
     event = models.claimed_event(
-        uuid.uuid4(), 1, "item", aggregate_id, event_type, payload, headers, ordering_key,
-        NOW, NOW, 1, None, uuid.uuid4(), NOW,
+        uuid.uuid4(),
+        1,
+        "item",
+        aggregate_id,
+        event_type,
+        payload,
+        headers,
+        ordering_key,
+        NOW,
+        NOW,
+        1,
+        None,
+        uuid.uuid4(),
+        NOW,
     )
     fast = pubsub._plain_message_size(event)
     full = pubsub._check_message(event, pubsub._attributes(event))
