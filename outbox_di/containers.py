@@ -19,9 +19,11 @@ publisher task (``await start(container)``, or ``outbox-di worker``).
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from dependency_injector import containers, providers
@@ -29,6 +31,7 @@ from opentelemetry.metrics import Meter
 
 from outbox_di import config as config_module
 from outbox_di import database, errors, observability, outbox, repository
+from outbox_di import settings as settings_module
 from outbox_di.inbox import handlers as handlers_module
 from outbox_di.inbox import receiver as receiver_module
 from outbox_di.inbox import worker as worker_module
@@ -48,13 +51,18 @@ def build_settings(raw: Any) -> config_module.OutboxConfig:
 
 @contextlib.asynccontextmanager
 async def pool_resource(settings: config_module.OutboxConfig) -> AsyncIterator[Any]:
-    """The aiopg pool of the library (claims, marks, and enqueue without a session)."""
+    """The aiopg pool of the library (claims, marks, and enqueue without a session).
+
+    Every process starts it first, so it is where a missing or outdated schema is found:
+    :class:`~outbox_di.errors.SchemaNotReadyError` names the migrate command (and the pool is
+    closed again)."""
     async with database.open_pool(
         settings.dsn,
         min_size=settings.pool.min_size,
         max_size=settings.pool.max_size,
         connect_timeout=settings.pool.connect_timeout,
     ) as pool:
+        await database.require_schema(pool, settings.schema, settings.dsn)
         yield pool
 
 
@@ -76,10 +84,11 @@ async def relay_pool_resource(settings: config_module.OutboxConfig) -> AsyncIter
 
 @contextlib.asynccontextmanager
 async def publisher_resource(settings: config_module.OutboxConfig) -> AsyncIterator[base.Publisher]:
-    """The Pub/Sub publisher, its client created in the running loop; topics checked at start."""
+    """The Pub/Sub publisher, its client created in the running loop; topics checked at start
+    (within ``pubsub.connect_timeout``). A start that fails or is cancelled closes the client."""
     publisher = pubsub.PubSubPublisher(settings)
-    await publisher.start()
     try:
+        await publisher.start()
         yield publisher
     finally:
         await publisher.close()
@@ -219,15 +228,77 @@ class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContaine
     outbox = providers.Singleton(outbox.Outbox, outbox_repository, pool)
 
     def __new__(cls, **overriding: Any) -> Any:
+        raw = overriding.pop("config", _UNSET)
+        if isinstance(raw, providers.Provider):
+            overriding["config"] = raw
+            raw = _UNSET
         container = super().__new__(cls, **overriding)
-        if "config" in overriding:
+        if raw is not _UNSET:
+            # The configuration given here, with the OUTBOX_* variables on top, becomes the
+            # config provider's default: config.override() layers over it and
+            # config.reset_override() comes back to it.
             try:
-                container.settings()
+                base = settings_module.with_environment(raw)
             except errors.ConfigError:
                 raise
             except Exception as exc:  # a dynaconf object that cannot be read, say
                 raise errors.ConfigError([f"<root>: cannot read the configuration: {exc}"]) from exc
+            container.config.set_default(base)
+            container.settings()
+        # container.override_config(...): see override_config() below.
+        container.override_config = functools.partial(override_config, container)
         return container
+
+
+_UNSET: Any = object()
+
+# The singletons built from the settings: reset when the configuration changes. (Not the inbox
+# handlers: they are registered by the application, whatever the configuration.)
+_CONFIGURED = ("settings", "outbox_repository", "inbox_repository", "outbox")
+
+
+def _reset_configured(container: Any) -> None:
+    for name in _CONFIGURED:
+        getattr(container, name).reset()
+
+
+def is_running(container: Any) -> bool:
+    """Whether :func:`start` has opened the container's pool (and not :func:`stop` closed it)."""
+    return bool(getattr(container.pool, "initialized", False))
+
+
+@contextlib.contextmanager
+def override_config(
+    container: Any, changes: Mapping[str, Any] | None = None, **keys: Any
+) -> Iterator[config_module.OutboxConfig]:
+    """Run the block with ``changes`` deep-merged over the container's configuration.
+
+    ``with override_config(container, schema=test_schema, publisher={"batch_size": 10}):``
+    validates the result at once (a :class:`~outbox_di.errors.ConfigError` leaves the container
+    untouched), resets what was built from the old settings (repositories, the ``outbox``
+    facade), and yields the new settings; on exit the previous configuration comes back.
+    Overrides win over ``OUTBOX_*`` variables, so a test never reaches the database a developer's
+    shell points at. The container must not be running: start it inside the block (a test
+    client's lifespan does).
+    """
+    if is_running(container):
+        raise errors.OutboxError(
+            "override_config: the container is running; override its configuration before "
+            "start (before the application's lifespan starts it), or stop it first"
+        )
+    layer: dict[str, Any] = dict(changes or {})
+    layer.update(keys)
+    merged = copy.deepcopy(container.config())
+    settings_module.merge_into(merged, layer)
+    checked = build_settings(merged)
+    container.config.override(merged)
+    _reset_configured(container)
+    try:
+        yield checked
+    finally:
+        container.config.reset_last_overriding()
+        if not is_running(container):
+            _reset_configured(container)
 
 
 async def start(container: Any, *, workers: bool | None = None) -> None:
@@ -238,6 +309,10 @@ async def start(container: Any, *, workers: bool | None = None) -> None:
     :func:`stop`; a start that fails half-way has already stopped what it opened.
     """
     settings: config_module.OutboxConfig = container.settings()
+    if settings != build_settings(container.config()):
+        # config.override() since the settings were built: build them (and what uses them) anew.
+        _reset_configured(container)
+        settings = container.settings()
     run_workers = settings.run_workers if workers is None else workers
     try:
         await container.pool.init()

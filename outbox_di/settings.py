@@ -12,11 +12,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import dynaconf
-
 from outbox_di import config, errors
 
-__all__ = ["load_mapping", "load_settings"]
+__all__ = ["environment_overlay", "load_mapping", "load_settings", "with_environment"]
 
 DEFAULT_FILES = ("settings.toml", ".secrets.toml")
 """Files read from the current directory when no ``settings_files`` are given (if present)."""
@@ -48,14 +46,39 @@ def load_mapping(
         got = type(raw_section).__name__
         raise errors.ConfigError([f"{section}: must be a table in the settings files, got {got}"])
     merged: dict[str, Any] = _plain(raw_section, (), section, problems)
+    if problems:
+        raise errors.ConfigError(problems)
+    _deep_merge(merged, environment_overlay(env_prefix))
+    return merged
 
+
+RESERVED_VARIABLES = frozenset({"SETTINGS_FILES", "TEST_DSN"})
+"""``OUTBOX_*`` names that are not settings: the settings files to read, and the test kit's
+PostgreSQL."""
+
+
+def environment_overlay(env_prefix: str = "OUTBOX") -> dict[str, Any]:
+    """The settings given by ``<env_prefix>_*`` variables, as a nested dict (``__`` nests:
+    ``OUTBOX_PUBLISHER__BATCH_SIZE=200`` is ``{"publisher": {"batch_size": 200}}``).
+
+    An unknown setting is an error with a "did you mean" hint, not ignored: a misspelt secret
+    would otherwise lose silently to the settings file.
+    """
+    marker = env_prefix.upper() + "_"
+    problems: list[str] = []
+    overlay: dict[str, Any] = {}
+    names = [
+        name
+        for name in sorted(os.environ)
+        if name.startswith(marker) and name[len(marker) :] not in RESERVED_VARIABLES
+    ]
+    if not names:
+        return overlay
     # Variables are read from an instance without files, so a top-level table of the same name in
     # a settings file (another part of the application) cannot leak into the outbox settings.
     env_data = _open([], env_prefix).as_dict()
     top_keys = [field.name for field in dataclasses.fields(config.OutboxConfig)]
-    for name in sorted(os.environ):
-        if not name.startswith(marker) or name == marker + "SETTINGS_FILES":
-            continue
+    for name in names:
         segments = name[len(marker) :].split(_NESTED)
         if segments[0].lower() not in top_keys:
             problems.append(_unknown_variable(name, marker, segments, top_keys))
@@ -65,13 +88,31 @@ def load_mapping(
             problems.append(f"{name}: dynaconf did not read it (check the {_NESTED} separators)")
             continue
         path = _key_path(segments)
-        overlay: Any = _plain(value, path, name, problems)
+        layer: Any = _plain(value, path, name, problems)
         for key in reversed(path):
-            overlay = {key: overlay}
-        _deep_merge(merged, overlay)
-
+            layer = {key: layer}
+        _deep_merge(overlay, layer)
     if problems:
         raise errors.ConfigError(problems)
+    return overlay
+
+
+def with_environment(data: Any, env_prefix: str = "OUTBOX") -> dict[str, Any]:
+    """``data`` (a dict, a dynaconf section such as ``settings.outbox``, an
+    :class:`~outbox_di.config.OutboxConfig`) as a plain dict, with the ``<env_prefix>_*``
+    variables on top: the one rule that makes the environment win however the settings were
+    built."""
+    if isinstance(data, config.OutboxConfig):
+        data = data.to_dict()
+    if not isinstance(data, Mapping):
+        raise errors.ConfigError(
+            [f"<root>: must be a table of settings, got {type(data).__name__}"]
+        )
+    problems: list[str] = []
+    merged: dict[str, Any] = _plain(data, (), "the configuration", problems)
+    if problems:
+        raise errors.ConfigError(problems)
+    _deep_merge(merged, environment_overlay(env_prefix))
     return merged
 
 
@@ -134,6 +175,10 @@ def _open(files: list[str], env_prefix: str) -> Any:
         ("redis_enabled", "REDIS_ENABLED_FOR_DYNACONF", False),
         ("vault_enabled", "VAULT_ENABLED_FOR_DYNACONF", False),
     )
+    # Imported here: dynaconf imports its Django and Flask helpers when they are installed, which
+    # a process that never reads a settings file (the container given a dict) need not pay for.
+    import dynaconf
+
     options = {keyword: value for keyword, _, value in pinned}
     settings = dynaconf.Dynaconf(load_dotenv=False, **options)
     overridden = [name for _, name, value in pinned if settings.get(name) != value]
@@ -206,3 +251,13 @@ def _deep_merge(base: dict[Any, Any], overlay: Mapping[Any, Any]) -> None:
             _deep_merge(current, value)
         else:
             base[key] = value
+
+
+def merge_into(base: dict[str, Any], overlay: Mapping[str, Any]) -> None:
+    """Deep-merge ``overlay`` (plain or dynaconf) into ``base``: tables key by key, keys
+    lower-cased as in the settings files; anything else replaces."""
+    problems: list[str] = []
+    plain = _plain(overlay, (), "the overrides", problems)
+    if problems:
+        raise errors.ConfigError(problems)
+    _deep_merge(base, plain)

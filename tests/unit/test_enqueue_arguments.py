@@ -71,6 +71,6 @@ async def test_repository_refuses_the_message_first() -> None:
 
     repo = OutboxRepository(None, "orders")
     with pytest.raises(TypeError, match=r"enqueue\(session, message\): expected a Message"):
-        await repo.enqueue(MESSAGE, object())
+        await repo.enqueue(MESSAGE, object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"enqueue_sync\(session, message\)"):
-        repo.enqueue_sync(MESSAGE, object())
+        repo.enqueue_sync(MESSAGE, object())  # type: ignore[arg-type]
