@@ -127,7 +127,7 @@ def billing_container(dsn: str, host: str, subscription: str) -> Any:
     )
     handlers = InboxHandlers()
 
-    @handlers.on("item.created")
+    @handlers.on("item.created", transactional=True)
     async def bill_item(event: InboxEvent, session: Any) -> None:
         await session.execute(insert, (event.event_id, event.aggregate_id))
 

@@ -62,9 +62,9 @@ RECORD_RECEIVED = sql.SQL(
 ).format(sql.Identifier(settings.schema))
 
 
-@handlers.on("item.created")
+@handlers.on("item.created", transactional=True)
 async def record_received(event: InboxEvent, session: Any) -> None:
-    """Transactional (it takes the session): commits together with the event's processed_at."""
+    """Transactional: commits together with the event's processed_at."""
     await session.execute(RECORD_RECEIVED, (event.event_id, event.event_type, event.aggregate_id))
 
 

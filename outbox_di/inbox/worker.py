@@ -11,9 +11,9 @@
    ``inbox.retry_delay``, and parks the row as dead after ``inbox.max_attempts``; an event type
    with no handler (and no ``"*"`` default) is parked at once.
 
-A handler that takes a second parameter is *transactional*: it runs inside a transaction on the
-pool, gets the aiopg cursor as ``session``, and ``processed_at`` is written in that same
-transaction, so its own writes happen exactly once (DESIGN §2 invariant 5).
+A handler declared *transactional* (``@handlers.on("x", transactional=True)``) runs inside a
+transaction on the pool, gets the aiopg cursor as ``session``, and ``processed_at`` is written in
+that same transaction, so its own writes happen exactly once.
 
 An idle loop sleeps until a NOTIFY from the inbox insert trigger arrives, a retry this worker
 scheduled comes due, or ``poll_interval`` passes. ``stop()`` lets in-flight batches finish
@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import heapq
-import inspect
 import logging
 import random
 import sys
@@ -66,17 +65,9 @@ class _LeaseLost(Exception):
 
 
 def is_transactional(handler: Handler) -> bool:
-    """Whether ``handler`` declares a second positional parameter (the session)."""
-    try:
-        signature = inspect.signature(handler)
-    except (TypeError, ValueError):
-        return False
-    positional = [
-        p
-        for p in signature.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    return len(positional) >= 2
+    """Whether ``handler`` is declared transactional (see
+    :func:`outbox_di.inbox.handlers.is_transactional`)."""
+    return handlers_module.is_transactional(handler)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,9 +145,13 @@ class InboxWorker:
         self.settings = config.inbox
         self.repository = repository
         self.consumer = config.inbox_consumer
+        # The same rules as registration: a plain mapping's handlers are checked here.
+        registered = handlers_module.InboxHandlers(handlers)
         self.handlers = {
-            event_type: _Registration(handler, is_transactional(handler))
-            for event_type, handler in handlers.items()
+            event_type: _Registration(
+                registered[event_type], registered.is_transactional(event_type)
+            )
+            for event_type in registered
         }
         for event_type, registration in self.handlers.items():
             if not callable(registration.handler):

@@ -126,10 +126,13 @@ class InboxSample:
     attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-def _counting(handler: handlers_module.Handler, calls: HandlerCalls) -> handlers_module.Handler:
+def _counting(
+    handler: handlers_module.Handler, calls: HandlerCalls, transactional: bool
+) -> handlers_module.Handler:
     """``handler``, noting each run in ``calls``; transactional stays transactional."""
-    if worker_module.is_transactional(handler):
+    if transactional:
 
+        @handlers_module.transactional
         async def counted_transactional(event: models.InboxEvent, session: Any) -> None:
             calls.note(event)
             await handler(event, session)
@@ -177,6 +180,7 @@ class InboxContract:
         self.calls = HandlerCalls()
         calls = self.calls
 
+        @handlers_module.transactional
         async def record(event: models.InboxEvent, session: Any) -> None:
             """Transactional: one effect row per event, plus a note of the run."""
             calls.note(event)
@@ -193,6 +197,7 @@ class InboxContract:
             calls.note(event)
             int(event.json()["n"])
 
+        @handlers_module.transactional
         async def partial(event: models.InboxEvent, session: Any) -> None:
             """Transactional: writes two effect rows, then fails the first ``fail`` runs."""
             run = calls.note(event)
@@ -252,11 +257,13 @@ class InboxContract:
         started (and the worker, unless ``worker=False``); stopped and reset afterwards."""
         settings = self._settings(container)
         self._queries = schema_module.Queries(settings.schema)
-        service_handlers: Mapping[str, handlers_module.Handler] = container.inbox_handlers()
+        service_handlers = handlers_module.InboxHandlers(container.inbox_handlers())
         self.service_handlers = dict(service_handlers)
         self.service_calls = HandlerCalls()
         counted = {
-            event_type: _counting(handler, self.service_calls)
+            event_type: _counting(
+                handler, self.service_calls, service_handlers.is_transactional(event_type)
+            )
             for event_type, handler in service_handlers.items()
         }
         handlers = handlers_module.InboxHandlers({**counted, **self._suite_handlers()})

@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from psycopg2 import sql
 
 from outbox_di import config, database, models, observability, repository
+from outbox_di.inbox.handlers import transactional
 from outbox_di.inbox.receiver import InboxReceiver
 from outbox_di.inbox.worker import InboxWorker
 from outbox_di.publishing.pubsub import PubSubPublisher
@@ -211,6 +212,7 @@ async def test_each_event_takes_effect_exactly_once_through_redeliveries_and_a_k
     handler_runs = 0
     killed = asyncio.Event()
 
+    @transactional
     async def take_effect(event: models.InboxEvent, session: Any) -> None:
         """B's transactional handler: a plain INSERT, so a second effect fails loudly."""
         nonlocal handler_runs

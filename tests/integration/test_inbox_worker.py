@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from psycopg2 import sql
 
 from outbox_di import config, models, observability, repository
+from outbox_di.inbox.handlers import transactional
 from outbox_di.inbox.worker import InboxWorker
 from outbox_di.testing.publisher_suite import metric_points
 from tests.integration import support
@@ -271,6 +272,7 @@ async def test_transactional_handler_commits_with_processed_at(
         inbox_repository, _message(aggregate_id="good"), _message(aggregate_id="bad")
     )
 
+    @transactional
     async def handle(event: models.InboxEvent, session: Any) -> None:
         await session.execute(
             _in_schema("INSERT INTO {}.effects (event_id, note) VALUES (%s, %s)", schema),
@@ -299,6 +301,7 @@ async def test_transactional_handler_rolls_back_when_its_lease_was_lost(
     [event_id] = await _record(inbox_repository, _message())
     thief = uuid.uuid4()
 
+    @transactional
     async def handle(event: models.InboxEvent, session: Any) -> None:
         await session.execute(
             _in_schema("INSERT INTO {}.effects (event_id, note) VALUES (%s, %s)", schema),
@@ -467,6 +470,7 @@ async def test_transactional_handler_timeout_rolls_back_and_the_pool_stays_usabl
     await _create_effects(outbox_pool, schema)
     [event_id] = await _record(inbox_repository, _message())
 
+    @transactional
     async def slow(event: models.InboxEvent, session: Any) -> None:
         await session.execute(
             _in_schema("INSERT INTO {}.effects (event_id, note) VALUES (%s, %s)", schema),
@@ -551,6 +555,7 @@ async def test_a_transactional_handler_cancelled_during_its_commit_stays_atomic(
     [event_id] = await _record(inbox_repository, _message())
     handled = asyncio.Event()
 
+    @transactional
     async def handle(event: models.InboxEvent, session: Any) -> None:
         await session.execute(
             _in_schema("INSERT INTO {}.slow (event_id) VALUES (%s)", schema), (event.event_id,)

@@ -107,7 +107,7 @@ from outbox_di import InboxHandlers
 handlers = InboxHandlers()
 
 
-@handlers.on("item.created")
+@handlers.on("item.created", transactional=True)
 async def remember(event, session):
     await session.execute(
         "INSERT INTO {schema}.seen (event_id) VALUES (%s)", (event.event_id,)

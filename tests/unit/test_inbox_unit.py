@@ -92,30 +92,6 @@ def test_receiver_needs_a_subscription_and_uses_the_schema_as_consumer() -> None
     assert made.subscription == "projects/proj/subscriptions/sub"
 
 
-async def _plain(event: models.InboxEvent) -> None:
-    return None
-
-
-async def _transactional(event: models.InboxEvent, session: Any) -> None:
-    return None
-
-
-class _Handlers:
-    async def method(self, event: models.InboxEvent) -> None:
-        return None
-
-    async def method_with_session(self, event: models.InboxEvent, session: Any) -> None:
-        return None
-
-
-def test_a_second_parameter_makes_a_handler_transactional() -> None:
-    assert not worker.is_transactional(_plain)
-    assert worker.is_transactional(_transactional)
-    handlers = _Handlers()
-    assert not worker.is_transactional(handlers.method)
-    assert worker.is_transactional(handlers.method_with_session)
-
-
 def test_retry_delay_doubles_and_is_capped() -> None:
     made = worker.InboxWorker(
         _config(retry_delay="1s"),

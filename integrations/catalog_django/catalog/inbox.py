@@ -28,7 +28,7 @@ def _record_received() -> sql.Composed:
     ).format(sql.Identifier(outbox_django.get_settings().schema))
 
 
-@handlers.on("item.created")
+@handlers.on("item.created", transactional=True)
 async def record_item_created(event: InboxEvent, session: Any) -> None:
     await session.execute(
         _record_received(), (event.event_id, event.event_type, event.aggregate_id)
