@@ -1,7 +1,15 @@
 """The ``outbox-di`` command: render, apply and check the schema; operate and run the workers.
 
-``--dsn`` and ``--schema`` fall back to the ``OUTBOX_DSN`` and ``OUTBOX_SCHEMA`` environment
-variables. Exit codes: 0 success, 1 drift found, 2 bad usage or an error.
+Every command reads the same settings as a service: the ``[outbox]`` table of the settings files
+with ``OUTBOX_*`` environment variables on top (:func:`outbox_di.settings.load_mapping`), and a
+command-line flag wins over both. So ``--dsn`` is, in this order, the flag, ``$OUTBOX_DSN``, then
+``dsn`` in the settings files (``--schema`` likewise with ``OUTBOX_SCHEMA`` and ``schema``). The
+settings files are ``--settings FILE`` when given (repeatable), else ``settings.toml`` and
+``.secrets.toml`` in the current directory (when present) plus those named, comma-separated, by
+``$OUTBOX_SETTINGS_FILES``. They are read only when a value is missing from the command line, and
+only after parsing, so ``--help`` works whatever they hold.
+
+Exit codes: 0 success, 1 drift found, 2 bad usage or an error.
 """
 
 from __future__ import annotations
@@ -13,16 +21,30 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from outbox_di import config, database, errors, operations, schema
+from outbox_di import config, database, errors, operations, schema, settings
+
+_SCHEMA_HELP = "service schema name (default: $OUTBOX_SCHEMA, else schema in the settings files)"
+_DSN_HELP = (
+    "PostgreSQL DSN, e.g. postgresql://user@host:5432/db "
+    "(default: $OUTBOX_DSN, else dsn in the settings files)"
+)
+_SETTINGS_HELP = (
+    "a settings file with an [outbox] table (repeatable; default: settings.toml and "
+    ".secrets.toml in the current directory, plus $OUTBOX_SETTINGS_FILES)"
+)
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--settings", action="append", metavar="FILE", dest="settings", help=_SETTINGS_HELP
+    )
 
 
 def _add_schema(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--schema",
-        default=os.environ.get("OUTBOX_SCHEMA"),
-        help="service schema name (default: $OUTBOX_SCHEMA)",
-    )
+    parser.add_argument("--schema", help=_SCHEMA_HELP)
+    _add_settings(parser)
     parser.add_argument(
         "--no-notify",
         dest="notify",
@@ -32,11 +54,7 @@ def _add_schema(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_dsn(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get("OUTBOX_DSN"),
-        help="PostgreSQL DSN, e.g. postgresql://user@host:5432/db (default: $OUTBOX_DSN)",
-    )
+    parser.add_argument("--dsn", help=_DSN_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="pending, in flight, failing, dead and oldest age per event type"
     )
     _add_schema_dsn(status)
+    status.add_argument(
+        "--inbox",
+        dest="table",
+        action="store_const",
+        const="inbox",
+        default=None,
+        help="only the inbox (default: the outbox and the inbox)",
+    )
     status.add_argument(
         "--lock-ttl", default="30s", help="leases younger than this count as in flight (30s)"
     )
@@ -105,29 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser(
         "worker",
         help="run the workers (publisher task, inbox) alone, until SIGINT or SIGTERM",
-        description="Reads the [outbox] table of settings.toml and OUTBOX_* variables.",
+        description="Reads the [outbox] table of the settings files and OUTBOX_* variables.",
     )
     worker.add_argument(
         "--handlers",
         metavar="MODULE:NAME",
         help="the inbox handlers (an InboxHandlers or a mapping), e.g. myservice.inbox:handlers",
     )
-    worker.add_argument(
-        "--settings",
-        action="append",
-        metavar="FILE",
-        help="a settings file with an [outbox] table (repeatable; default settings.toml)",
-    )
+    _add_settings(worker)
     return parser
 
 
 def _add_schema_dsn(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--schema",
-        default=os.environ.get("OUTBOX_SCHEMA"),
-        help="service schema name (default: $OUTBOX_SCHEMA)",
-    )
+    parser.add_argument("--schema", help=_SCHEMA_HELP)
     _add_dsn(parser)
+    _add_settings(parser)
 
 
 def _add_table(parser: argparse.ArgumentParser) -> None:
@@ -145,14 +163,64 @@ class UsageError(Exception):
     """A missing or bad command-line value."""
 
 
-def _require(value: str | None, flag: str, env: str) -> str:
-    if not value:
-        raise UsageError(f"{flag} is required (or set {env})")
-    return value
+_ENV_PREFIX = "OUTBOX_"
+
+
+def _settings_files(args: argparse.Namespace) -> list[str]:
+    """The settings files :func:`settings.load_mapping` reads for this command (for messages)."""
+    if args.settings:
+        return list(args.settings)
+    files = [name for name in settings.DEFAULT_FILES if os.path.isfile(name)]
+    listed = os.environ.get("OUTBOX_SETTINGS_FILES", "").split(",")
+    return files + [name.strip() for name in listed if name.strip()]
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``[outbox]`` settings with ``OUTBOX_*`` on top, read once, when first needed."""
+    cached: dict[str, Any] | None = getattr(args, "_settings_mapping", None)
+    if cached is not None:
+        return cached
+    try:
+        mapping = settings.load_mapping(args.settings)
+    except errors.ConfigError:
+        raise
+    except ValueError as exc:  # a settings file that is not valid TOML, YAML, JSON ...
+        files = ", ".join(_settings_files(args)) or "none"
+        raise UsageError(
+            f"cannot read the settings files ({files}): {exc}; fix the file, or give the "
+            "values as flags (--dsn, --schema)"
+        ) from exc
+    args._settings_mapping = mapping
+    return mapping
+
+
+def _setting(args: argparse.Namespace, key: str, flag: str, *, alternative: str = "") -> str:
+    """``flag`` when given, else ``OUTBOX_<KEY>``, else ``key`` in the settings files."""
+    given: str | None = getattr(args, key)
+    if given:
+        return given
+    value = _settings(args).get(key)
+    if isinstance(value, str) and value:
+        return value
+    files = ", ".join(_settings_files(args)) or "none found"
+    if value is not None:
+        raise UsageError(
+            f"{key} in the outbox settings must be a non-empty string, got {value!r} (from "
+            f"${_ENV_PREFIX}{key.upper()} or the settings files: {files}); fix it or give {flag}"
+        )
+    raise UsageError(
+        f"{flag} is required: give {flag}{alternative}, set {_ENV_PREFIX}{key.upper()}, or set "
+        f"{key} in the [outbox] table of settings.toml (settings files read: {files}; name "
+        "others with --settings or OUTBOX_SETTINGS_FILES)"
+    )
 
 
 def _schema_arg(args: argparse.Namespace) -> str:
-    return schema.validate_schema_name(_require(args.schema, "--schema", "OUTBOX_SCHEMA"))
+    return schema.validate_schema_name(_setting(args, "schema", "--schema"))
+
+
+def _dsn_arg(args: argparse.Namespace, *, alternative: str = "") -> str:
+    return _setting(args, "dsn", "--dsn", alternative=alternative)
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -162,7 +230,7 @@ def _render(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     name = _schema_arg(args)
-    dsn = _require(args.dsn, "--dsn", "OUTBOX_DSN")
+    dsn = _dsn_arg(args)
     with database.connect(dsn) as conn:
         database.migrate(conn, name, notify=args.notify)
         version = database.schema_version(conn, name)
@@ -220,7 +288,7 @@ def _check(args: argparse.Namespace) -> int:
             differences, extras = compare_file(handle.read(), name, notify=args.notify)
         target = args.file
     else:
-        dsn = _require(args.dsn, "--dsn", "OUTBOX_DSN (or give --file)")
+        dsn = _dsn_arg(args, alternative=" (or --file)")
         with database.connect(dsn) as conn:
             differences, extras = database.check(conn, name, notify=args.notify)
         target = f"schema {name!r}"
@@ -269,14 +337,17 @@ def _duration(value: str, flag: str) -> float:
 
 def _status(args: argparse.Namespace) -> int:
     name = _schema_arg(args)
-    dsn = _require(args.dsn, "--dsn", "OUTBOX_DSN")
+    dsn = _dsn_arg(args)
     with database.connect(dsn) as conn:
         rows = operations.status(conn, name, lock_ttl=_duration(args.lock_ttl, "--lock-ttl"))
+    if args.table is not None:
+        rows = [row for row in rows if row.table == args.table]
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
         return 0
     if not rows:
-        print(f"schema {name!r}: nothing pending, nothing dead")
+        where = f" in the {args.table}" if args.table else ""
+        print(f"schema {name!r}: nothing pending, nothing dead{where}")
         return 0
     header = (
         "table",
@@ -311,9 +382,16 @@ def _print_table(lines: Sequence[tuple[str, ...]]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
+def _aggregate(aggregate_type: str, aggregate_id: str) -> str:
+    """``type:id`` for the dead list; ``-`` for what is empty (an inbox event with no aggregate)."""
+    if not aggregate_type and not aggregate_id:
+        return "-"
+    return f"{aggregate_type or '-'}:{aggregate_id or '-'}"
+
+
 def _dead(args: argparse.Namespace) -> int:
     name = _schema_arg(args)
-    dsn = _require(args.dsn, "--dsn", "OUTBOX_DSN")
+    dsn = _dsn_arg(args)
     with database.connect(dsn) as conn:
         if args.dead_command == "list":
             dead = operations.dead_list(
@@ -331,7 +409,7 @@ def _dead(args: argparse.Namespace) -> int:
                         r.event_id,
                         r.consumer or "-",
                         r.event_type,
-                        f"{r.aggregate_type}:{r.aggregate_id}",
+                        _aggregate(r.aggregate_type, r.aggregate_id),
                         str(r.delivery_attempts),
                         (r.last_error or "")[:80],
                     )
@@ -358,7 +436,7 @@ def _dead(args: argparse.Namespace) -> int:
 
 def _purge(args: argparse.Namespace) -> int:
     name = _schema_arg(args)
-    dsn = _require(args.dsn, "--dsn", "OUTBOX_DSN")
+    dsn = _dsn_arg(args)
     older_than = _duration(args.older_than, "--older-than")
     interactive = sys.stderr.isatty() and not args.json
 

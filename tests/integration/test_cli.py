@@ -1,4 +1,6 @@
-"""The ``outbox-di`` command's render-ddl, migrate and check against a real PostgreSQL."""
+"""The ``outbox-di`` command against a real PostgreSQL: render-ddl, migrate and check, where the
+DSN and schema come from (flags, ``OUTBOX_*``, settings.toml), ``status --inbox`` and the dead
+list's columns."""
 
 from __future__ import annotations
 
@@ -7,10 +9,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from outbox_di import cli, database, schema
+from outbox_di import cli, database, models, repository, schema
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +35,104 @@ def test_render_ddl_refuses_a_bad_schema_name(capsys: pytest.CaptureFixture[str]
     assert "invalid schema name 'catalog; drop table x'" in err
 
 
-def test_missing_dsn_is_a_usage_error(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def no_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory and no ``OUTBOX_*`` variables: only the flags count."""
+    for name in list(os.environ):
+        if name.startswith("OUTBOX_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_missing_dsn_names_the_flag_the_variable_and_the_settings_file(
+    no_settings: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv("OUTBOX_DSN", raising=False)
     assert cli.main(["migrate", "--schema", "catalog"]) == 2
-    assert "--dsn is required" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("outbox-di migrate: error: --dsn is required: give --dsn, ")
+    assert "set OUTBOX_DSN" in err
+    assert "set dsn in the [outbox] table of settings.toml (settings files read: none found" in err
+    assert cli.main(["render-ddl"]) == 2
+    err = capsys.readouterr().err
+    assert "--schema is required: give --schema, set OUTBOX_SCHEMA, or set schema" in err
+    assert cli.main(["check", "--schema", "catalog"]) == 2
+    assert "give --dsn (or --file)" in capsys.readouterr().err
+
+
+def test_flags_win_over_variables_which_win_over_settings_toml(
+    no_settings: Path,
+    outbox_dsn: str,
+    outbox_schema_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    unreachable = "postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=1"
+    (no_settings / "settings.toml").write_text(
+        f'[outbox]\nschema = "{outbox_schema_name}"\ndsn = "{outbox_dsn}"\n'
+    )
+    # settings.toml alone: every command finds both values there.
+    assert cli.main(["migrate"]) == 0
+    assert f"schema {outbox_schema_name!r} migrated" in capsys.readouterr().out
+    assert cli.main(["status"]) == 0
+    assert f"schema {outbox_schema_name!r}: nothing pending" in capsys.readouterr().out
+    assert cli.main(["render-ddl"]) == 0
+    assert capsys.readouterr().out == schema.render_ddl(outbox_schema_name)
+
+    # OUTBOX_* over settings.toml...
+    monkeypatch.setenv("OUTBOX_SCHEMA", "from_env")
+    monkeypatch.setenv("OUTBOX_DSN", unreachable)
+    assert cli.main(["render-ddl"]) == 0
+    assert capsys.readouterr().out == schema.render_ddl("from_env")
+    assert cli.main(["check", "--schema", outbox_schema_name]) == 2
+    assert "nobody" in capsys.readouterr().err
+    # ...and the flags over both.
+    assert cli.main(["render-ddl", "--schema", "from_flag"]) == 0
+    assert capsys.readouterr().out == schema.render_ddl("from_flag")
+    assert cli.main(["check", "--schema", outbox_schema_name, "--dsn", outbox_dsn]) == 0
+    assert "in sync" in capsys.readouterr().out
+
+
+def test_settings_flag_and_outbox_settings_files_name_other_files(
+    no_settings: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (no_settings / "settings.toml").write_text('[outbox]\nschema = "from_cwd"\n')
+    (no_settings / "other.toml").write_text('[outbox]\nschema = "from_other"\n')
+    assert cli.main(["render-ddl", "--settings", "other.toml"]) == 0
+    assert capsys.readouterr().out == schema.render_ddl("from_other")
+    monkeypatch.setenv("OUTBOX_SETTINGS_FILES", "other.toml")
+    assert cli.main(["render-ddl"]) == 0  # settings.toml, then other.toml on top
+    assert capsys.readouterr().out == schema.render_ddl("from_other")
+    assert cli.main(["render-ddl", "--settings", "missing.toml"]) == 2
+    assert "settings_files: no such file: 'missing.toml'" in capsys.readouterr().err
+
+
+def test_a_broken_settings_file_breaks_neither_help_nor_flags(
+    no_settings: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (no_settings / "settings.toml").write_text("[outbox\nschema = 1\n")
+    for command in (["status"], ["dead", "list"], ["purge"], ["migrate"], ["render-ddl"]):
+        with pytest.raises(SystemExit) as exited:
+            cli.main([*command, "--help"])
+        assert exited.value.code == 0
+        assert "$OUTBOX_DSN" in capsys.readouterr().out or command == ["render-ddl"]
+    # Both values given as flags: the settings files are not read at all.
+    assert cli.main(["render-ddl", "--schema", "catalog"]) == 0
+    capsys.readouterr()
+    assert cli.main(["render-ddl"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the settings files (settings.toml): " in err
+    assert "give the values as flags (--dsn, --schema)" in err
+
+
+def test_a_setting_of_the_wrong_type_is_named(
+    no_settings: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (no_settings / "settings.toml").write_text("[outbox]\nschema = 7\n")
+    assert cli.main(["render-ddl"]) == 2
+    err = capsys.readouterr().err
+    assert "schema in the outbox settings must be a non-empty string, got 7" in err
+    assert "give --schema" in err
 
 
 def test_migrate_twice_then_check_in_sync(
@@ -141,3 +236,48 @@ def test_console_script_runs(outbox_dsn: str, outbox_schema_name: str) -> None:
     )
     assert bad.returncode == 2
     assert "upper-case" in bad.stderr
+
+
+async def test_status_inbox_shows_only_the_inbox_and_dead_list_dashes_a_missing_aggregate(
+    outbox_pool: Any,
+    outbox_repository: repository.OutboxRepository,
+    inbox_repository: repository.InboxRepository,
+    outbox_dsn: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with outbox_pool.acquire() as conn, conn.cursor() as cursor, cursor.begin():
+        await outbox_repository.enqueue(cursor, models.Message("item", "i1", "item.created", {}))
+    # Received without aggregate attributes: the inbox row's aggregate type and id are empty.
+    received = models.ReceivedMessage("e1", "order.paid", b"{}")
+    assert await inbox_repository.record_dead("billing", received, "no handler registered")
+    base = ["--dsn", outbox_dsn, "--schema", outbox_repository.schema]
+
+    assert cli.main(["status", *base, "--json"]) == 0
+    tables = {row["table"] for row in json.loads(capsys.readouterr().out)}
+    assert tables == {"outbox", "inbox"}
+    assert cli.main(["status", *base, "--inbox", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["table"], r["consumer"], r["event_type"], r["dead"]) for r in rows] == [
+        ("inbox", "billing", "order.paid", 1)
+    ]
+    assert cli.main(["status", *base, "--inbox"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        *("table", "consumer", "event", "type", "pending", "in", "flight"),
+        *("failing", "dead", "oldest", "pending"),
+    ]
+    assert [line.split()[:3] for line in lines[1:]] == [["inbox", "billing", "order.paid"]]
+
+    assert cli.main(["dead", "list", *base, "--inbox"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    aggregate = header.index("aggregate")
+    assert row[aggregate:].split()[0] == "-"
+    assert "no handler registered" in row
+
+
+async def test_status_inbox_with_an_empty_inbox(
+    outbox_schema: str, outbox_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["status", "--dsn", outbox_dsn, "--schema", outbox_schema, "--inbox"]) == 0
+    out = capsys.readouterr().out
+    assert out == f"schema {outbox_schema!r}: nothing pending, nothing dead in the inbox\n"
