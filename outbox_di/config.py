@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+import psycopg2.extensions
+
 from outbox_di import errors, schema
 
 __all__ = [
@@ -28,12 +30,21 @@ __all__ = [
     "PublisherConfig",
     "closest_key",
     "is_free_form",
+    "normalize_dsn",
     "parse_duration",
 ]
 
 _RESOURCE_NAME = r"[A-Za-z][A-Za-z0-9._~%+-]{2,254}"
 _TOPIC_RE = re.compile(rf"{_RESOURCE_NAME}|projects/[^/\s]+/topics/{_RESOURCE_NAME}")
 _SUBSCRIPTION_RE = re.compile(rf"{_RESOURCE_NAME}|projects/[^/\s]+/subscriptions/{_RESOURCE_NAME}")
+# A PostgreSQL URL, with the +driver suffix of a SQLAlchemy URL (postgresql+asyncpg://) if any.
+_POSTGRES_URL_RE = re.compile(r"(postgres(?:ql)?)(\+[A-Za-z0-9_]+)?://", re.IGNORECASE)
+_URL_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_PASSWORD_VALUE_RE = re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+_DSN_FORMS = (
+    "write a URL, postgresql://user@host:5432/dbname, or libpq key=value pairs, "
+    "'host=db port=5432 dbname=app user=app'"
+)
 _HOST_PORT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):\d{1,5}")
 _DURATION_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -109,6 +120,21 @@ def _as_int(value: object, key: str) -> int:
     raise ValueError(f"{key}: must be an integer, got {_describe(value)}")
 
 
+def normalize_dsn(dsn: str) -> str:
+    """``dsn`` as libpq takes it: a SQLAlchemy URL's ``+driver`` suffix dropped
+    (``postgresql+asyncpg://…`` becomes ``postgresql://…``), the scheme lower-cased and the
+    surrounding whitespace removed. Anything else is returned as it is."""
+    dsn = dsn.strip()
+    match = _POSTGRES_URL_RE.match(dsn)
+    if match is None:
+        return dsn
+    return f"{match.group(1).lower()}://{dsn[match.end() :]}"
+
+
+def _as_dsn(value: object, key: str) -> str:
+    return normalize_dsn(_as_str(value, key))
+
+
 def _as_float(value: object, key: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
@@ -156,6 +182,41 @@ def _fraction(value: Any, key: str) -> Iterator[str]:
 def _non_empty(value: Any, key: str) -> Iterator[str]:
     if not value.strip():
         yield f"{key}: must not be empty"
+
+
+def _libpq_reason(exc: Exception, dsn: str) -> str:
+    """libpq's reason for refusing ``dsn``, unless it could show part of a password."""
+    if _PASSWORD_VALUE_RE.search(dsn):
+        # An unquoted password with a space is echoed in part: say nothing of the value.
+        return "the reason is not shown, the string holds a password"
+    reason = str(exc).strip().removeprefix("invalid dsn: ")
+    if "://" in dsn:
+        credentials = dsn.partition("://")[2].partition("/")[0].rpartition("@")[0]
+        password = credentials.partition(":")[2]
+        if password:
+            reason = reason.replace(password, "***")
+    return reason
+
+
+def _dsn(value: Any, key: str) -> Iterator[str]:
+    # The pool connects with psycopg2 (libpq): refuse here what libpq would refuse at start-up.
+    # Never echo the value: it may hold a password.
+    if not value.strip():
+        yield f"{key}: must not be empty; {_DSN_FORMS}"
+        return
+    scheme = _URL_SCHEME_RE.match(value)
+    if scheme is not None and _POSTGRES_URL_RE.match(value) is None:
+        yield (
+            f"{key}: must be a PostgreSQL connection string, got a {scheme.group(1)}:// URL; "
+            f"{_DSN_FORMS} (a SQLAlchemy URL such as postgresql+asyncpg://… is accepted: its "
+            "+driver part is dropped, the library connects with psycopg2)"
+        )
+        return
+    try:
+        psycopg2.extensions.parse_dsn(value)
+    except psycopg2.Error as exc:
+        reason = _libpq_reason(exc, value)
+        yield f"{key}: not a connection string libpq accepts ({reason}); {_DSN_FORMS}"
 
 
 def _schema_name(value: Any, key: str) -> Iterator[str]:
@@ -318,6 +379,8 @@ class PubSubConfig:
 
     project: str | None = _setting(None, _as_str, _non_empty)
     emulator_host: str | None = _setting(None, _as_str, _host_port)
+    # Bound on the start-up checks (the publisher's topics, the receiver's subscription).
+    connect_timeout: float = _setting(10.0, parse_duration, _positive)
 
     _rules: ClassVar[tuple[_Rule, ...]] = ()
 
@@ -412,8 +475,8 @@ class OutboxConfig:
     dsn: str = dataclasses.field(
         metadata=_metadata(
             _Spec(
-                coerce=_as_str,
-                checks=(_non_empty,),
+                coerce=_as_dsn,
+                checks=(_dsn,),
                 hint="a libpq URI or key=value connection string",
             )
         )
@@ -431,6 +494,11 @@ class OutboxConfig:
     )
 
     _rules: ClassVar[tuple[_Rule, ...]] = ()
+
+    def __post_init__(self) -> None:
+        # A SQLAlchemy URL given in code (dataclasses.replace) is normalized as from_mapping does.
+        if isinstance(self.dsn, str):
+            object.__setattr__(self, "dsn", normalize_dsn(self.dsn))
 
     @property
     def inbox_consumer(self) -> str:

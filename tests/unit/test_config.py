@@ -47,7 +47,7 @@ def test_defaults_match_the_documented_tree() -> None:
     assert cfg.dsn == "postgresql://localhost/app"
     assert cfg.run_workers is True
     assert cfg.pool == config.PoolConfig(min_size=1, max_size=10, connect_timeout=10.0)
-    assert cfg.pubsub == config.PubSubConfig(project=None, emulator_host=None)
+    assert cfg.pubsub == config.PubSubConfig(project=None, emulator_host=None, connect_timeout=10.0)
     assert cfg.publisher == config.PublisherConfig(
         enabled=True,
         topic="orders",
@@ -179,6 +179,8 @@ def test_a_bad_duration_is_reported_with_its_key() -> None:
         ("pubsub.project", "", "must not be empty"),
         ("pubsub.emulator_host", "http://localhost:8085", "must be host:port"),
         ("pubsub.emulator_host", "localhost", "must be host:port"),
+        ("pubsub.connect_timeout", 0, "must be greater than 0, got 0.0"),
+        ("pubsub.connect_timeout", "-2s", "must be greater than 0, got -2.0"),
         ("publisher.topic", "ab", "must be a topic name"),
         ("publisher.topic", "1orders", "must be a topic name"),
         ("publisher.topic", "orders events", "must be a topic name"),
@@ -471,7 +473,7 @@ def test_validate_reports_wrong_types_in_hand_built_objects() -> None:
     soon: Any = "soon"
     cfg = config.OutboxConfig(
         schema="app",
-        dsn="x",
+        dsn="postgresql://localhost/app",
         pool=config.PoolConfig(min_size=two),
         publisher=config.PublisherConfig(topic="orders", lock_ttl=soon),
         inbox=two,
@@ -591,3 +593,79 @@ def test_closest_key() -> None:
 )
 def test_is_free_form(path: tuple[str, ...], expected: bool) -> None:
     assert config.is_free_form(path) is expected
+
+
+# --- dsn ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql+asyncpg://app:pw@db:5432/app", "postgresql://app:pw@db:5432/app"),
+        (
+            "postgresql+psycopg2://app@db/app?sslmode=require",
+            "postgresql://app@db/app?sslmode=require",
+        ),
+        ("postgresql+psycopg://app@db/app", "postgresql://app@db/app"),
+        ("postgres+asyncpg://app@db/app", "postgres://app@db/app"),
+        ("PostgreSQL+AsyncPG://app@db/app", "postgresql://app@db/app"),
+        ("  postgresql://app@db/app\n", "postgresql://app@db/app"),
+        ("postgresql://app@db/app", "postgresql://app@db/app"),
+        ("postgres://app@db/app", "postgres://app@db/app"),
+        ("postgresql:///app", "postgresql:///app"),
+        ("host=db dbname=app user=app", "host=db dbname=app user=app"),
+        ("host=db password='with space'", "host=db password='with space'"),
+    ],
+)
+def test_dsn_takes_urls_and_key_value_strings_and_drops_a_driver_suffix(
+    given: str, used: str
+) -> None:
+    cfg = config.OutboxConfig.from_mapping({**VALID, "dsn": given})
+    assert cfg.dsn == used
+    assert config.OutboxConfig.from_mapping(cfg.to_dict()).dsn == used
+
+
+def test_dsn_driver_suffix_is_dropped_in_code_too() -> None:
+    cfg = config.OutboxConfig.from_mapping(VALID)
+    replaced = dataclasses.replace(cfg, dsn="postgresql+asyncpg://app@db/app")
+    replaced.validate()
+    assert replaced.dsn == "postgresql://app@db/app"
+    assert config.normalize_dsn("mysql+pymysql://app@db/app") == "mysql+pymysql://app@db/app"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (
+            "mysql://app:pw@db/app",
+            "dsn: must be a PostgreSQL connection string, got a mysql:// URL",
+        ),
+        ("mysql+pymysql://app@db/app", "got a mysql+pymysql:// URL"),
+        ("sqlite:///app.db", "got a sqlite:// URL"),
+        ("http://db:5432/app", "got a http:// URL"),
+        ("db.example.com", 'dsn: not a connection string libpq accepts (missing "=" after'),
+        ("postgresql://app@db/app?ssl_mode=on", 'invalid URI query parameter: "ssl_mode"'),
+        ("host=db dbname", "dsn: not a connection string libpq accepts"),
+    ],
+)
+def test_dsn_that_postgresql_cannot_take_is_refused_naming_the_key_and_the_forms(
+    given: str, expected: str
+) -> None:
+    (problem,) = problems_at({**VALID, "dsn": given}, "dsn")
+    assert expected in problem
+    assert "postgresql://user@host:5432/dbname" in problem
+    assert "host=db port=5432 dbname=app user=app" in problem
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "host=db password=s3cr3t and-more",
+        "postgresql://app:s3cr3t%zz@db/app",
+        "mysql://app:s3cr3t@db/app",
+    ],
+)
+def test_dsn_problem_never_shows_the_password(given: str) -> None:
+    (problem,) = problems_at({**VALID, "dsn": given}, "dsn")
+    assert "s3cr3t" not in problem
+    assert "and-more" not in problem
