@@ -23,6 +23,7 @@ import copy
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -157,8 +158,10 @@ async def inbox_worker_resource(
         raise errors.ConfigError(
             [
                 "inbox.enabled: true, but no handler is registered: pass "
-                "OutboxContainer(..., inbox_handlers=InboxHandlers({...})) or register them on "
-                "container.inbox_handlers() before start (or set inbox.enabled = false)"
+                "OutboxContainer(..., inbox_handlers=handlers), register them on "
+                "container.inbox_handlers() before start, give them to the FastAPI lifespan "
+                "(lifespan.with_handlers(handlers)), or keep a module-level InboxHandlers in a "
+                "module the container is wired to (or set inbox.enabled = false)"
             ]
         )
     inbox_worker = worker_module.InboxWorker(
@@ -247,7 +250,16 @@ class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContaine
             container.settings()
         # container.override_config(...): see override_config() below.
         container.override_config = functools.partial(override_config, container)
+        _CONTAINERS.add(container)
         return container
+
+
+_CONTAINERS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def wired_containers() -> list[Any]:
+    """The live ``OutboxContainer`` instances that were ``wire()``-d (and not unwired)."""
+    return [c for c in list(_CONTAINERS) if c.wired_to_modules or c.wired_to_packages]
 
 
 _UNSET: Any = object()

@@ -13,7 +13,8 @@ Fixtures:
   ``pubsub_google_emulator`` / ``pubsub_inprocess_emulator`` for one specifically.
 
 Session fixtures are synchronous and yield plain values; pools are created per test, inside the
-test's own event loop.
+test's own event loop. The async fixtures are pytest-asyncio's, so they work in its default
+strict mode (mark async tests ``@pytest.mark.asyncio``) and with ``asyncio_mode = "auto"``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from outbox_di import database, repository
 from outbox_di.testing import postgres
@@ -75,7 +77,7 @@ def outbox_schema(outbox_dsn: str, outbox_schema_name: str) -> str:
     return outbox_schema_name
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def outbox_pool(outbox_dsn: str) -> AsyncIterator[Any]:
     async with database.open_pool(outbox_dsn, min_size=1, max_size=10) as pool:
         yield pool
