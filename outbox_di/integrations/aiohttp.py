@@ -35,8 +35,12 @@ OUTBOX_CONTAINER = web.AppKey("outbox_container", containers.OutboxContainer)
 def setup(app: web.Application, container: Any = None, *, workers: bool | None = None) -> None:
     """Start the outbox with ``app`` (a ``cleanup_ctx`` entry) and stop it at cleanup.
 
-    The container is ``container``, else one already under ``app[OUTBOX_CONTAINER]``, else one
-    built at startup from ``settings.load_mapping()``. ``workers`` (default: the ``run_workers``
+    The container is ``container``, else one already under ``app[OUTBOX_CONTAINER]``, else the
+    ``OutboxContainer`` the service ``wire()``-d, else one built at startup from
+    ``settings.load_mapping()``. A container without inbox handlers gets the module-level
+    ``InboxHandlers`` of the modules it is wired to. To run the application on a test database,
+    override the service's container before startup: ``with
+    container.override_config(schema=..., dsn=...):``. ``workers`` (default: the ``run_workers``
     setting) says whether this process also runs the publisher task.
     """
     if container is not None:
@@ -49,11 +53,16 @@ def _make_context(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def outbox_context(app: web.Application) -> AsyncIterator[None]:
         container = _container_or_build(app)
-        await integrations.start_container(container, workers=workers)
+        lent = integrations.lend_handlers(container, None)
         try:
-            yield
+            await integrations.start_container(container, workers=workers)
+            try:
+                yield
+            finally:
+                await integrations.stop_container(container)
         finally:
-            await integrations.stop_container(container)
+            if lent:
+                container.inbox_handlers.reset_last_overriding()
 
     return outbox_context
 
@@ -74,7 +83,7 @@ def _container_or_build(app: web.Application) -> Any:
     container = app.get(OUTBOX_CONTAINER)
     if container is None:
         # Startup runs before aiohttp freezes the application, so the key can still be set.
-        container = integrations.build_container()
+        container = integrations.wired_container() or integrations.build_container()
         app[OUTBOX_CONTAINER] = container
     return container
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,39 @@ def test_get_container_without_setup_says_how_to_fix_it() -> None:
     request = make_mocked_request("POST", "/events", app=web.Application())
     with pytest.raises(errors.OutboxError, match="setup"):
         outbox_aiohttp.get_container(request)
+
+
+async def test_a_test_overrides_the_services_container_before_startup(
+    outbox_schema: str, outbox_dsn: str
+) -> None:
+    # The service sets its production container up at import; its test overrides it in place.
+    production: Any = OutboxContainer(
+        config=_mapping("production_schema", "postgresql://prod/db", run_workers=False)
+    )
+    app = _make_app()
+    outbox_aiohttp.setup(app, production)
+    with production.override_config(schema=outbox_schema, dsn=outbox_dsn):
+        async with TestClient(TestServer(app)) as client:
+            response = await client.post("/events")
+            assert response.status == 201
+            event_id = uuid.UUID((await response.json())["event_id"])
+            repo = await production.outbox_repository()
+            assert repo.schema == outbox_schema
+            assert await repo.get(event_id) is not None
+    assert production.settings().schema == "production_schema"
+
+
+async def test_setup_without_a_container_starts_the_wired_one(
+    outbox_schema: str, outbox_dsn: str
+) -> None:
+    container: Any = OutboxContainer(config=_mapping(outbox_schema, outbox_dsn, run_workers=False))
+    container.wire(modules=[sys.modules[__name__]])
+    app = _make_app()
+    outbox_aiohttp.setup(app)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            assert app[outbox_aiohttp.OUTBOX_CONTAINER] is container
+            response = await client.post("/events")
+            assert response.status == 201
+    finally:
+        container.unwire()

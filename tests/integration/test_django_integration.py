@@ -326,6 +326,20 @@ def test_enqueue_commits_with_the_atomic_block(django_db: str, outbox_schema: st
         assert _event_ids(django_db, outbox_schema) == {one, *many}
 
 
+def test_a_test_overrides_the_projects_container_and_enqueue_follows(
+    django_db: str, outbox_schema: str
+) -> None:
+    # The project's settings name the production schema; the test overrides its container.
+    with _installed(_outbox("production_schema")):
+        container = outbox_django.get_container()
+        with container.override_config(schema=outbox_schema):
+            assert outbox_django.get_settings().schema == outbox_schema
+            with django_transaction.atomic():
+                one = outbox_django.enqueue(_message(1))
+        assert _event_ids(django_db, outbox_schema) == {one}
+        assert outbox_django.get_settings().schema == "production_schema"
+
+
 def test_enqueue_rolls_back_with_the_atomic_block(django_db: str, outbox_schema: str) -> None:
     class Refused(Exception):
         pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 
 from outbox_di import errors, integrations, models
 from outbox_di.containers import OutboxContainer
+from outbox_di.inbox.handlers import InboxHandlers
 from outbox_di.integrations import fastapi as outbox_fastapi
 from outbox_di.outbox import Outbox
 from outbox_di.publishing import base
@@ -272,3 +274,97 @@ async def test_shutdown_drains_an_in_flight_batch_on_an_open_pool(
         assert [event.event_id for event in fake.published] == [event_id]
     finally:
         container.publisher.reset_override()
+
+
+async def test_a_container_set_on_app_state_wins_over_the_one_given_to_make_lifespan(
+    outbox_schema: str, outbox_dsn: str
+) -> None:
+    # The way the README builds the app: make_lifespan(the production container).
+    production = OutboxContainer(config=_mapping("production_schema", "postgresql://prod/db"))
+    app, _ = _make_app(outbox_fastapi.make_lifespan(production, workers=False))
+    under_test = OutboxContainer(config=_mapping(outbox_schema, outbox_dsn))
+    app.state.outbox_container = under_test
+    async with _serve(app) as client:
+        async with client.post("/events") as response:
+            assert response.status == 201
+            event_id = uuid.UUID((await response.json())["event_id"])
+        repo = await under_test.outbox_repository()
+        assert await repo.get(event_id) is not None
+        assert production.pool.initialized is False  # never started
+    assert app.state.outbox_container is under_test
+
+
+async def test_the_drop_in_lifespan_starts_the_wired_container(
+    outbox_schema: str, outbox_dsn: str
+) -> None:
+    container = OutboxContainer(config=_mapping(outbox_schema, outbox_dsn, run_workers=False))
+    container.wire(modules=[sys.modules[__name__]])
+    app, _ = _make_app(outbox_fastapi.lifespan)
+    try:
+        async with app.router.lifespan_context(app):
+            assert app.state.outbox_container is container
+            assert container.pool.initialized
+        assert not hasattr(app.state, "outbox_container")
+        assert container.pool.initialized is False
+    finally:
+        container.unwire()
+
+
+async def test_two_wired_containers_are_refused_with_the_way_out(
+    outbox_schema: str, outbox_dsn: str
+) -> None:
+    first = OutboxContainer(config=_mapping(outbox_schema, outbox_dsn))
+    second = OutboxContainer(config=_mapping("other_schema", outbox_dsn))
+    first.wire(modules=[sys.modules[__name__]])
+    second.wire(modules=[sys.modules[__name__]])
+    app, _ = _make_app(outbox_fastapi.lifespan)
+    try:
+        with pytest.raises(
+            errors.OutboxError, match=r"2 OutboxContainers are wired.*make_lifespan"
+        ):
+            async with app.router.lifespan_context(app):
+                raise AssertionError("startup should have failed")
+        assert first.pool.initialized is False and second.pool.initialized is False
+    finally:
+        first.unwire()
+        second.unwire()
+
+
+def test_with_handlers_lends_handlers_for_one_run_and_leaves_the_drop_in_alone() -> None:
+    handlers = InboxHandlers()
+
+    @handlers.on("payment.captured")
+    async def on_payment(event: models.InboxEvent) -> None:
+        return None
+
+    refined = outbox_fastapi.lifespan.with_handlers(handlers).with_workers(False)
+    assert outbox_fastapi.lifespan.handlers is None and outbox_fastapi.lifespan.workers is None
+    assert refined.handlers is not None and "payment.captured" in refined.handlers
+    assert refined.workers is False
+
+    container = OutboxContainer(config=_mapping("orders", "postgresql://x/y"))
+    assert integrations.lend_handlers(container, refined.handlers)
+    assert dict(container.inbox_handlers()) == {"payment.captured": on_payment}
+    with pytest.raises(errors.OutboxError, match="give them in one place only"):
+        integrations.lend_handlers(container, handlers)
+    container.inbox_handlers.reset_last_overriding()
+    assert dict(container.inbox_handlers()) == {}
+
+
+inbox_handlers_of_this_module = InboxHandlers()
+
+
+@inbox_handlers_of_this_module.on("module.level")
+async def _module_level_handler(event: models.InboxEvent) -> None:
+    return None
+
+
+def test_module_level_handlers_of_the_wired_modules_are_found() -> None:
+    container = OutboxContainer(config=_mapping("orders", "postgresql://x/y"))
+    container.wire(modules=[sys.modules[__name__]])
+    try:
+        assert integrations.lend_handlers(container, None)
+        assert dict(container.inbox_handlers()) == {"module.level": _module_level_handler}
+    finally:
+        container.inbox_handlers.reset_last_overriding()
+        container.unwire()

@@ -61,8 +61,10 @@ def get_container() -> Any:
 
 
 def get_settings() -> config.OutboxConfig:
-    """The validated library configuration of ``settings.OUTBOX``."""
-    return app_config().outbox.config
+    """The validated library configuration: ``settings.OUTBOX`` with the ``OUTBOX_*``
+    variables on top (and a test's ``get_container().override_config(...)``)."""
+    settings: config.OutboxConfig = get_container().settings()
+    return settings
 
 
 def enqueue(message: models.Message, *, using: str | None = None) -> uuid.UUID:

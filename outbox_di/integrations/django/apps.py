@@ -13,7 +13,8 @@ from typing import Any
 from django.apps import AppConfig  # type: ignore[import-untyped]
 from django.conf import settings as django_settings  # type: ignore[import-untyped]
 
-from outbox_di import containers, observability, repository
+from outbox_di import config, containers, observability
+from outbox_di import repository as repository_module
 from outbox_di.integrations.django import autostart, conf, runner
 
 __all__ = ["LABEL", "OutboxAppConfig"]
@@ -32,7 +33,6 @@ class OutboxAppConfig(AppConfig):  # type: ignore[misc]
 
     outbox: conf.DjangoOutboxSettings
     container: Any
-    repository: repository.OutboxRepository
     workers: runner.WorkerThread | None = None
 
     def ready(self) -> None:
@@ -45,13 +45,26 @@ class OutboxAppConfig(AppConfig):  # type: ignore[misc]
         self.container = containers.OutboxContainer(
             config=self.outbox.config.to_dict(), **overrides
         )
-        # enqueue() writes through Django's connection: a repository without the pool suffices.
-        self.repository = repository.OutboxRepository(
-            None, self.outbox.config.schema, ordering=self.outbox.config.publisher.ordering
+        self._repository: tuple[config.OutboxConfig, repository_module.OutboxRepository] | None = (
+            None
         )
         self.workers = None
         self._wire()
         self._autostart()
+
+    @property
+    def repository(self) -> repository_module.OutboxRepository:
+        """The repository ``enqueue()`` writes through (Django's connection, so no pool), on
+        the container's current settings: ``container.override_config(...)`` in a test, and
+        ``OUTBOX_*`` variables, reach it too."""
+        current: config.OutboxConfig = self.container.settings()
+        cached = self._repository
+        if cached is None or cached[0] is not current:
+            made = repository_module.OutboxRepository(
+                None, current.schema, ordering=current.publisher.ordering
+            )
+            cached = self._repository = (current, made)
+        return cached[1]
 
     def _wire(self) -> None:
         modules: list[Any] = []
