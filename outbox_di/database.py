@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator, Mapping
+import shlex
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import aiopg
 import psycopg2
+import psycopg2.errors
 
-from outbox_di import errors, schema
+from outbox_di import errors, observability, schema
 
 TABLES = ("outbox_schema_version", "outbox_events", "inbox_events")
 
@@ -120,6 +123,107 @@ def schema_version(conn: Any, schema_name: str) -> int | None:
     """The version recorded in the schema, or ``None`` when it was never migrated."""
     with conn, conn.cursor() as cursor:
         return _snapshot(cursor, schema_name).version
+
+
+# Which of the outbox tables exist in a schema (and whether the schema does): catalog only, so it
+# runs whatever state the schema is in.
+_PRESENT_SQL = """
+SELECT
+    EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s),
+    ARRAY(
+        SELECT c.relname::text
+        FROM pg_catalog.pg_class AS c
+        JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+        WHERE n.nspname = %(schema)s AND c.relname = ANY(%(tables)s) AND c.relkind IN ('r', 'p')
+    )
+"""
+
+
+async def require_schema(
+    pool: Any, schema_name: str, dsn: str, *, logger: logging.Logger | None = None
+) -> int:
+    """Check that ``schema_name`` was migrated to the version this library needs; its version.
+
+    One query on the aiopg ``pool`` when the schema is ready (the version and which tables
+    exist). Raises :class:`~outbox_di.errors.SchemaNotReadyError` when the schema or one of its
+    tables is missing or its version is older than :data:`schema.SCHEMA_VERSION`, with the
+    ``outbox-di migrate`` command that fixes it (``dsn`` only appears there, its password
+    redacted). A newer version is allowed with a warning: during a rolling deploy the schema is
+    migrated first and processes of the previous release keep running on it.
+    """
+    queries = schema.Queries(schema_name)
+    values = {"schema": schema_name, "tables": list(TABLES)}
+    version: int | None = None
+    try:
+        async with pool.acquire() as conn, conn.cursor() as cursor:
+            try:
+                # The version subquery fails at once when the schema or the table is missing.
+                await cursor.execute(
+                    f"{_PRESENT_SQL},\n    ({queries['schema_version'].sql})", values
+                )
+                _, present, version = await cursor.fetchone()
+                version = version or 0
+            except (psycopg2.errors.UndefinedTable, psycopg2.errors.InvalidSchemaName):
+                await cursor.execute(_PRESENT_SQL, values)
+                exists, present = await cursor.fetchone()
+                if not exists:
+                    found = "the schema does not exist"
+                    raise _not_ready(schema_name, dsn, found, TABLES) from None
+    except psycopg2.Error as exc:
+        raise errors.DatabaseError(
+            f"checking the version of schema {schema_name!r} failed: {exc}".strip()
+        ) from exc
+    missing = [table for table in TABLES if table not in present]
+    if missing:
+        raise _not_ready(
+            schema_name, dsn, f"missing table(s) {', '.join(missing)}", missing, version=version
+        )
+    assert version is not None
+    if version < schema.SCHEMA_VERSION:
+        raise _not_ready(
+            schema_name,
+            dsn,
+            f"its version is {version}, this outbox_di needs version {schema.SCHEMA_VERSION}",
+            version=version,
+        )
+    if version > schema.SCHEMA_VERSION:
+        (logger or observability.logger).warning(
+            "schema %r is at version %d, newer than this outbox_di knows (%d): it was migrated "
+            "by a later release; upgrade outbox_di in this service",
+            schema_name,
+            version,
+            schema.SCHEMA_VERSION,
+        )
+    return version
+
+
+def migrate_command(dsn: str, schema_name: str) -> str:
+    """The ``outbox-di migrate`` command line for ``schema_name``, the password redacted."""
+    return f"outbox-di migrate --dsn {shlex.quote(_redact(dsn))} --schema {schema_name}"
+
+
+def _not_ready(
+    schema_name: str,
+    dsn: str,
+    found: str,
+    missing: Sequence[str] = (),
+    *,
+    version: int | None = None,
+) -> errors.SchemaNotReadyError:
+    if version is None and missing:
+        found += f" (outbox_di needs version {schema.SCHEMA_VERSION})"
+    fix = (
+        f"run `{migrate_command(dsn, schema_name)}` (or apply the DDL of `outbox-di render-ddl "
+        f"--schema {schema_name}` with your own migrations) before starting the service"
+    )
+    return errors.SchemaNotReadyError(
+        schema_name,
+        found,
+        fix,
+        version=version,
+        required=schema.SCHEMA_VERSION,
+        missing=missing,
+    )
 
 
 class _Snapshot:

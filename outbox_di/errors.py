@@ -57,3 +57,39 @@ class SchemaDriftError(OutboxError):
         self.differences: tuple[str, ...] = tuple(differences)
         listing = "\n".join(f"  - {item}" for item in self.differences)
         super().__init__(f"schema {schema!r} differs from outbox_di's template:\n{listing}")
+
+
+class SchemaNotReadyError(OutboxError):
+    """The service schema is missing, or older than this version of outbox_di needs.
+
+    Raised when the container's pool starts (web and worker processes alike), before anything
+    reads or writes an event. ``version`` is what the schema records (``None`` when its tables
+    are missing), ``required`` what the library needs; the message gives the command that fixes
+    it.
+    """
+
+    def __init__(
+        self,
+        schema: str,
+        found: str,
+        fix: str,
+        *,
+        version: int | None = None,
+        required: int,
+        missing: Sequence[str] = (),
+    ) -> None:
+        self.schema = schema
+        self.version = version
+        self.required = required
+        self.missing: tuple[str, ...] = tuple(missing)
+        super().__init__(f"schema {schema!r} is not ready: {found}; {fix}")
+
+
+class PubSubUnavailableError(OutboxError):
+    """Pub/Sub did not answer the start-up check (topics, subscription) within
+    ``pubsub.connect_timeout``; ``endpoint`` is where it was looked for."""
+
+    def __init__(self, endpoint: str, timeout: float, message: str) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        super().__init__(message)

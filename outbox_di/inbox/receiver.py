@@ -41,7 +41,7 @@ from opentelemetry.metrics import Meter
 
 from outbox_di import aio, errors, models, observability
 from outbox_di import config as config_module
-from outbox_di.publishing import backoff
+from outbox_di.publishing import backoff, pubsub
 from outbox_di.repository import InboxRepository
 
 MAX_PULL_MESSAGES = 1000
@@ -260,18 +260,45 @@ class InboxReceiver:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the client, check the subscription exists, start the pull loops."""
+        """Create the client, check the subscription exists, start the pull loops.
+
+        The check is bounded by ``pubsub.connect_timeout``: a Pub/Sub that does not answer
+        raises :class:`~outbox_di.errors.PubSubUnavailableError` naming the endpoint. A start
+        that fails (or is cancelled) closes the client it created.
+        """
         if self._started:
             raise errors.OutboxError("this InboxReceiver was already started")
         self._started = True
         if self._client is None:
             self._client = make_subscriber_client(self.config)
         try:
-            await self.client.get_subscription(
-                subscription=self.subscription, timeout=self.pull_timeout
+            await self._check_subscription()
+        except BaseException:
+            await self._close_client()
+            raise
+        self._flow = _FlowControl(self.settings.max_messages, self.settings.max_bytes)
+        self._loops = [
+            asyncio.create_task(self._run(number), name=f"inbox-receiver-{number}")
+            for number in range(self.pullers)
+        ]
+
+    async def _check_subscription(self) -> None:
+        timeout = self.config.pubsub.connect_timeout
+        self.logger.info(
+            "checking subscription %s on %s (within %gs)",
+            self.subscription,
+            pubsub.describe_endpoint(self.config),
+            timeout,
+        )
+        try:
+            await pubsub.startup_call(
+                self.config,
+                self.client.get_subscription,
+                f"checking that subscription {self.subscription!r} exists",
+                deadline=asyncio.get_running_loop().time() + timeout,
+                subscription=self.subscription,
             )
         except google_exceptions.NotFound as exc:
-            await self._close_client()
             raise errors.ConfigError(
                 [
                     f"inbox.subscription: {self.subscription!r} does not exist ({exc.message}); "
@@ -283,11 +310,6 @@ class InboxReceiver:
                 "cannot check that subscription %s exists (permission denied); continuing",
                 self.subscription,
             )
-        self._flow = _FlowControl(self.settings.max_messages, self.settings.max_bytes)
-        self._loops = [
-            asyncio.create_task(self._run(number), name=f"inbox-receiver-{number}")
-            for number in range(self.pullers)
-        ]
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop pulling; batches being recorded finish (and are acked) within ``timeout``."""

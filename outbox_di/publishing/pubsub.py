@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as google_exceptions
+from google.api_core import retry_async
 from google.pubsub_v1.types import PublishRequest, PublishResponse
 
 from outbox_di import config as config_module
@@ -179,6 +180,96 @@ def _check_message(event: models.OutboxEvent, attributes: Mapping[str, str]) -> 
     return payload_size + 4 * text + _MESSAGE_OVERHEAD
 
 
+GOOGLE_ENDPOINT = "pubsub.googleapis.com"
+# How much longer than pubsub.connect_timeout a start-up call may take before it is cancelled
+# (the GAPIC deadline should have ended it already).
+_STARTUP_GRACE = 1.0
+
+
+def endpoint(settings: config_module.OutboxConfig) -> tuple[str, str | None]:
+    """Where the clients connect, and the setting that chose it: ``pubsub.emulator_host``,
+    ``PUBSUB_EMULATOR_HOST``, or ``None`` for Google Cloud (``pubsub.googleapis.com``)."""
+    if settings.pubsub.emulator_host:
+        return settings.pubsub.emulator_host, "pubsub.emulator_host"
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if host:
+        return host, "PUBSUB_EMULATOR_HOST"
+    return GOOGLE_ENDPOINT, None
+
+
+def describe_endpoint(settings: config_module.OutboxConfig) -> str:
+    """``"127.0.0.1:8085 (the emulator of pubsub.emulator_host)"`` or the Google endpoint."""
+    host, source = endpoint(settings)
+    return f"{host} (the emulator of {source})" if source else f"{host} (Google Cloud)"
+
+
+def unavailable(
+    settings: config_module.OutboxConfig, what: str, exc: BaseException
+) -> errors.PubSubUnavailableError:
+    """The error of a start-up check that Pub/Sub did not answer, naming the endpoint, the
+    timeout and the fix."""
+    host, source = endpoint(settings)
+    timeout = settings.pubsub.connect_timeout
+    cause = exc.cause if isinstance(exc, google_exceptions.RetryError) else exc
+    reason = getattr(cause, "message", None) or str(cause) or type(cause).__name__
+    if source is not None:
+        fix = (
+            f"start the Pub/Sub emulator at {host}, or point {source} at the one that runs "
+            "(pubsub.emulator_host in the settings, PUBSUB_EMULATOR_HOST in the environment)"
+        )
+    else:
+        fix = (
+            f"check that this host reaches {GOOGLE_ENDPOINT}:443 (network, firewall, proxy), "
+            "or set pubsub.emulator_host (or PUBSUB_EMULATOR_HOST) to use an emulator"
+        )
+    return errors.PubSubUnavailableError(
+        host,
+        timeout,
+        f"Pub/Sub did not answer at {describe_endpoint(settings)} within "
+        f"pubsub.connect_timeout ({timeout:g}s) while {what} ({reason}); {fix}; raise "
+        "pubsub.connect_timeout if it is only slow to answer",
+    )
+
+
+async def startup_call(
+    settings: config_module.OutboxConfig,
+    call: Callable[..., Awaitable[Any]],
+    what: str,
+    *,
+    deadline: float,
+    **kwargs: Any,
+) -> Any:
+    """``call(**kwargs)`` (a GAPIC method) retried while Pub/Sub is unavailable, until
+    ``deadline`` (``loop.time()``); :func:`unavailable` when it never answered.
+
+    The GAPIC deadline (``timeout`` and the retry's ``timeout``) should end it; the call is
+    cancelled a little later in any case, so a start never waits much past the deadline.
+    """
+    remaining = deadline - asyncio.get_running_loop().time()
+    if remaining <= 0:
+        raise unavailable(settings, what, TimeoutError("no time left"))
+    retry = retry_async.AsyncRetry(
+        predicate=retry_async.if_exception_type(
+            google_exceptions.ServiceUnavailable, google_exceptions.DeadlineExceeded
+        ),
+        initial=0.1,
+        maximum=1.0,
+        multiplier=2.0,
+        timeout=remaining,
+    )
+    try:
+        return await asyncio.wait_for(
+            call(timeout=remaining, retry=retry, **kwargs), remaining + _STARTUP_GRACE
+        )
+    except (
+        google_exceptions.RetryError,
+        google_exceptions.ServiceUnavailable,
+        google_exceptions.DeadlineExceeded,
+        asyncio.TimeoutError,
+    ) as exc:
+        raise unavailable(settings, what, exc) from exc
+
+
 def make_emulator_client(host: str) -> Any:
     """A ``PublisherAsyncClient`` on an insecure channel to an emulator (no credentials)."""
     import grpc
@@ -227,15 +318,43 @@ class PubSubPublisher:
     async def start(self) -> None:
         """Create the client (in this event loop) and check every configured topic exists.
 
-        Idempotent: the container starts the publisher and the task starts it again.
+        The check is bounded by ``pubsub.connect_timeout``: a Pub/Sub that does not answer
+        raises :class:`~outbox_di.errors.PubSubUnavailableError` naming the endpoint. A start
+        that fails (or is cancelled) closes the client it created. Idempotent: the container
+        starts the publisher and the task starts it again.
         """
         if self._started:
             return
         if self._client is None:
             self._client = make_client(self.settings)
-        for key, topic in self.router.configured().items():
+        try:
+            await self._check_topics()
+        except BaseException:
+            await self.close()
+            raise
+        self._started = True
+
+    async def _check_topics(self) -> None:
+        topics = self.router.configured()
+        if not topics:
+            return
+        timeout = self.settings.pubsub.connect_timeout
+        self.logger.info(
+            "checking topics on %s (within %gs): %s",
+            describe_endpoint(self.settings),
+            timeout,
+            ", ".join(sorted(set(topics.values()))),
+        )
+        deadline = asyncio.get_running_loop().time() + timeout
+        for key, topic in topics.items():
             try:
-                await self.client.get_topic(topic=topic, timeout=self.timeout)
+                await startup_call(
+                    self.settings,
+                    self.client.get_topic,
+                    f"checking that topic {topic!r} exists",
+                    deadline=deadline,
+                    topic=topic,
+                )
             except google_exceptions.NotFound as exc:
                 raise errors.ConfigError(
                     [f"{key}: topic {topic!r} does not exist ({exc.message}); create it first"]
@@ -245,7 +364,6 @@ class PubSubPublisher:
                 self.logger.warning(
                     "cannot check that topic %s exists (permission denied); continuing", topic
                 )
-        self._started = True
 
     async def close(self) -> None:
         if self._client is not None and self._owns_client:
