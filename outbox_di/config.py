@@ -369,6 +369,9 @@ class PoolConfig:
     min_size: int = _setting(1, _as_int, _at_least(0))
     max_size: int = _setting(10, _as_int, _at_least(1))
     connect_timeout: float = _setting(10.0, parse_duration, _positive)
+    # Connections beyond min_size that a burst opened are closed when the pool is found idle
+    # (none in use) at a check; the checks run this often.
+    idle_timeout: float = _setting(30.0, parse_duration, _positive)
 
     _rules: ClassVar[tuple[_Rule, ...]] = (_Rule(("min_size", "max_size"), _pool_sizes),)
 

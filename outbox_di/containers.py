@@ -31,7 +31,7 @@ from dependency_injector import containers, providers
 from opentelemetry.metrics import Meter
 
 from outbox_di import config as config_module
-from outbox_di import database, errors, observability, outbox, repository
+from outbox_di import database, errors, idle, observability, outbox, repository
 from outbox_di import settings as settings_module
 from outbox_di.inbox import handlers as handlers_module
 from outbox_di.inbox import receiver as receiver_module
@@ -64,7 +64,10 @@ async def pool_resource(settings: config_module.OutboxConfig) -> AsyncIterator[A
         connect_timeout=settings.pool.connect_timeout,
     ) as pool:
         await database.require_schema(pool, settings.schema, settings.dsn)
-        yield pool
+        async with idle.trimming(
+            pool, keep=settings.pool.min_size, interval=settings.pool.idle_timeout
+        ):
+            yield pool
 
 
 @contextlib.asynccontextmanager
