@@ -25,28 +25,39 @@ SCHEMA_VERSION = 1
 
 
 def validate_schema_name(name: object) -> str:
-    """Return ``name`` if it is a usable schema name, else raise a clear SchemaNameError."""
+    """Return ``name`` if it is a usable schema name, else raise a clear SchemaNameError that
+    lists every problem at once."""
     if not isinstance(name, str):
         raise errors.SchemaNameError(f"schema name must be a string, got {type(name).__name__}")
-    if SCHEMA_NAME_PATTERN.fullmatch(name) is None:
-        if not name:
-            problem = "is empty"
-        elif len(name) > 63:
-            problem = f"is {len(name)} characters long (PostgreSQL's limit is 63)"
-        elif name.lower() != name:
-            problem = "has upper-case letters"
-        else:
-            problem = "has characters other than a-z, 0-9 and _ (or starts with a digit)"
+    problems = schema_name_problems(name)
+    if problems:
         raise errors.SchemaNameError(
-            f"invalid schema name {name!r}: it {problem}; use 1-63 lower-case letters, digits "
-            "and underscores, starting with a letter or underscore (for example 'catalog')"
-        )
-    if name.startswith("pg_"):
-        raise errors.SchemaNameError(
-            f"invalid schema name {name!r}: the prefix pg_ is reserved by PostgreSQL for system "
-            "schemas; choose another name (for example 'catalog')"
+            f"invalid schema name {name!r}: it {'; it '.join(problems)}. Use 1-63 lower-case "
+            "letters, digits and underscores, starting with a letter or underscore, not pg_ "
+            "(for example 'catalog')"
         )
     return name
+
+
+def schema_name_problems(name: str) -> list[str]:
+    """Everything wrong with ``name`` as a schema name (empty when it is usable)."""
+    if SCHEMA_NAME_PATTERN.fullmatch(name) is not None and not name.startswith("pg_"):
+        return []
+    if not name:
+        return ["is empty"]
+    problems: list[str] = []
+    if len(name) > 63:
+        problems.append(f"is {len(name)} characters long (PostgreSQL's limit is 63)")
+    if name.lower() != name:
+        problems.append("has upper-case letters")
+    others = sorted({c for c in name.lower() if not (c.isascii() and (c.isalnum() or c == "_"))})
+    if others:
+        problems.append("has characters other than a-z, 0-9 and _: " + " ".join(map(repr, others)))
+    if name[0].isdigit():
+        problems.append("starts with a digit")
+    if name.startswith("pg_"):
+        problems.append("starts with pg_, a prefix reserved by PostgreSQL for system schemas")
+    return problems
 
 
 def quote_ident(name: str) -> str:

@@ -325,7 +325,7 @@ def test_unknown_nested_key_names_the_closest() -> None:
 
 def test_unknown_key_with_nothing_close_lists_the_valid_keys() -> None:
     assert problems_of(with_value("pool.zzz", 1)) == (
-        "pool.zzz: unknown key; valid keys here: min_size, max_size, connect_timeout",
+        "pool.zzz: unknown key; valid keys here: min_size, max_size, connect_timeout, idle_timeout",
     )
 
 

@@ -26,6 +26,15 @@ def test_bad_schema_names_get_a_clear_error(name: str, reason: str) -> None:
     assert isinstance(info.value, ValueError)
 
 
+def test_every_problem_of_a_schema_name_is_named_at_once() -> None:
+    with pytest.raises(errors.SchemaNameError) as info:
+        schema.validate_schema_name("1Orders-Service")
+    message = str(info.value)
+    assert "upper-case" in message
+    assert "'-'" in message
+    assert "starts with a digit" in message
+
+
 def test_non_string_schema_name() -> None:
     with pytest.raises(errors.SchemaNameError, match="must be a string"):
         schema.validate_schema_name(42)
