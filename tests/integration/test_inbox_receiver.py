@@ -8,6 +8,7 @@ bounded.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -231,6 +232,35 @@ async def test_a_missing_subscription_is_a_configuration_error(
     receiver = InboxReceiver(cfg, inbox_repository)
     with pytest.raises(errors.ConfigError, match=r"inbox\.subscription"):
         await receiver.start()
+    await receiver.stop()
+
+
+async def test_no_pubsub_answering_fails_the_start_within_connect_timeout(
+    inbox_repository: repository.InboxRepository, outbox_dsn: str
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        host = f"127.0.0.1:{sock.getsockname()[1]}"
+    cfg = config.OutboxConfig.from_mapping(
+        {
+            **_config(inbox_repository.schema, outbox_dsn, host, "orders").to_dict(),
+            "pubsub": {"project": PROJECT, "emulator_host": host, "connect_timeout": "1s"},
+        }
+    )
+    receiver = InboxReceiver(cfg, inbox_repository)
+    started = time.monotonic()
+    with pytest.raises(errors.PubSubUnavailableError) as info:
+        await receiver.start()
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert (
+        f"Pub/Sub did not answer at {host} (the emulator of pubsub.emulator_host) within "
+        f"pubsub.connect_timeout (1s) while checking that subscription "
+        f"'projects/{PROJECT}/subscriptions/orders' exists"
+    ) in message
+    assert f"start the Pub/Sub emulator at {host}" in message
+    assert elapsed < 1 + 5, elapsed
+    assert not receiver.running
     await receiver.stop()
 
 

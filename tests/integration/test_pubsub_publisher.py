@@ -7,7 +7,11 @@ the async subscriber's unary pull and acknowledged; every wait is bounded.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -233,6 +237,89 @@ async def test_a_missing_topic_is_a_config_error_naming_its_key(
         message = str(info.value)
         assert f"{key}:" in message
         assert missing in message and "does not exist" in message
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("source", ["pubsub.emulator_host", "PUBSUB_EMULATOR_HOST"])
+async def test_no_pubsub_answering_fails_the_start_within_connect_timeout(
+    source: str,
+    outbox_schema: str,
+    outbox_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    host = f"127.0.0.1:{_closed_port()}"
+    pubsub: dict[str, Any] = {"project": PROJECT, "connect_timeout": "1500ms"}
+    if source == "PUBSUB_EMULATOR_HOST":
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", host)
+    else:
+        monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+        pubsub["emulator_host"] = host
+    settings = config.OutboxConfig.from_mapping(
+        {
+            "schema": outbox_schema,
+            "dsn": outbox_dsn,
+            "pubsub": pubsub,
+            "publisher": {"topic": "orders"},
+        }
+    )
+    publisher = PubSubPublisher(settings)
+    started = time.monotonic()
+    with (
+        caplog.at_level(logging.INFO, logger="outbox_di"),
+        pytest.raises(errors.PubSubUnavailableError) as info,
+    ):
+        await publisher.start()
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert message.startswith(
+        f"Pub/Sub did not answer at {host} (the emulator of {source}) within "
+        "pubsub.connect_timeout (1.5s) while checking that topic "
+        f"'projects/{PROJECT}/topics/orders' exists ("
+    ), message
+    assert f"start the Pub/Sub emulator at {host}, or point {source} at the one that runs" in (
+        message
+    )
+    assert info.value.endpoint == host and info.value.timeout == 1.5
+    assert elapsed < 1.5 + 5, elapsed
+    assert f"checking topics on {host} (the emulator of {source})" in caplog.text
+    assert publisher._client is None  # the failed start closed the client it made
+
+
+async def test_the_google_endpoint_is_named_when_no_emulator_is_configured(
+    outbox_schema: str, outbox_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an emulator the message names pubsub.googleapis.com and the network fix (the
+    call itself fails here, no matter how: a stand-in client that is never answered)."""
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    settings = config.OutboxConfig.from_mapping(
+        {
+            "schema": outbox_schema,
+            "dsn": outbox_dsn,
+            "pubsub": {"project": PROJECT, "connect_timeout": "200ms"},
+            "publisher": {"topic": "orders"},
+        }
+    )
+
+    class _Silent:
+        async def get_topic(self, **kwargs: Any) -> None:
+            await asyncio.sleep(3600)
+
+    publisher = PubSubPublisher(settings, client=_Silent())
+    started = time.monotonic()
+    with pytest.raises(errors.PubSubUnavailableError) as info:
+        await publisher.start()
+    assert time.monotonic() - started < 0.2 + 5
+    message = str(info.value)
+    assert "at pubsub.googleapis.com (Google Cloud) within pubsub.connect_timeout (0.2s)" in message
+    assert "check that this host reaches pubsub.googleapis.com:443" in message
+    assert "set pubsub.emulator_host (or PUBSUB_EMULATOR_HOST)" in message
 
 
 async def test_messages_pubsub_would_refuse_are_dead_at_once_and_the_batch_goes_on(
