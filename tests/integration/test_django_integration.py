@@ -844,7 +844,7 @@ def _deadline_config() -> OutboxConfig:
     return OutboxConfig.from_mapping(
         {
             "schema": "s",
-            "dsn": "x",
+            "dsn": "postgresql://x/y",
             "publisher": {"topic": "events", "shutdown_timeout": "2s"},
             "inbox": {"shutdown_timeout": "2s"},
         }
