@@ -17,7 +17,7 @@ Lag: commit of a one-event transaction to the broker's acknowledgement, at a ste
 through the emulator; beside it, the floor under any relay's lag on this machine, measured at
 the same rate: the emulator's own one-message round trip and one PostgreSQL round trip.
 
-Goals (DESIGN §9 "ratio" lines): relay >= 0.8x the asyncpg baseline; 2 workers >= 1.6x one;
+Goals (the "ratio" lines): relay >= 0.8x the asyncpg baseline; 2 workers >= 1.6x one;
 lag p50 <= 2 ms and p99 <= 10 ms at 500 events/s.
 
 Pub/Sub: ``PUBSUB_EMULATOR_HOST`` when set, else Google's emulator when installed, else the

@@ -197,7 +197,7 @@ class _OutboxContainerMeta(_DeclarativeMeta):  # type: ignore[misc]
 
 class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContainerMeta):
     """Providers for the pool, repositories, publisher, publisher task, inbox receiver, worker
-    and handlers, meter, logger and the ``outbox`` enqueue facade (DESIGN §9 names)."""
+    and handlers, meter, logger and the ``outbox`` enqueue facade; these names are a stable contract."""
 
     config = providers.Configuration(strict=True)
     settings = providers.Singleton(build_settings, config)

@@ -1,4 +1,4 @@
-"""Metric instruments, log fields and span names (names are a contract: DESIGN §6 and §9).
+"""Metric instruments, log fields and span names (the names are a contract).
 
 Only ``opentelemetry-api`` is used. Without an SDK configured by the service every instrument is
 a no-op; with ``metrics_enabled: false`` the library asks for no instruments at all.

@@ -144,7 +144,7 @@ class OutboxRepository:
             ordering_key = text_id
         headers = message.headers
         if traceparent is not None and "traceparent" not in headers:
-            # The trace active at enqueue travels with the event (DESIGN §6).
+            # The trace active at enqueue travels with the event.
             headers = {**headers, "traceparent": traceparent}
         return (
             # 32 hex digits: PostgreSQL (and asyncpg's encoder) read a uuid without its hyphens,

@@ -1,6 +1,6 @@
 """Where tests (and ``make demo``) get a PostgreSQL server from.
 
-In this order (DESIGN §7):
+In this order:
 
 1. ``OUTBOX_TEST_DSN`` when set; unreachable is a hard error, never a silent fallback;
 2. the server on 127.0.0.1:5432 when it answers (user ``postgres``, trust auth);

@@ -1,4 +1,4 @@
-"""Where tests get Pub/Sub from, and how they point clients at it (DESIGN §7).
+"""Where tests get Pub/Sub from, and how they point clients at it.
 
 In this order, once per test session:
 

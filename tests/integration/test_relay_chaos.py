@@ -241,7 +241,7 @@ async def test_ordering_holds_per_key_under_chaos(
     both by message id (the broker's publish order) and by delivery on an ordered subscription.
     2,000 events over 50 keys (600 over 20 on Google's emulator)."""
     host = pubsub_emulator.host
-    # Google's emulator delivers an ordered subscription slowly (DESIGN §10), and more so on a
+    # Google's emulator delivers an ordered subscription slowly, and more so on a
     # loaded machine: it gets a smaller run; the in-process one takes the full 2,000 events.
     in_process = pubsub_emulator.emulator is not None
     total, key_count, writers = (2000, 50, 5) if in_process else (600, 20, 4)
