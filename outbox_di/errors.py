@@ -93,3 +93,8 @@ class PubSubUnavailableError(OutboxError):
         self.endpoint = endpoint
         self.timeout = timeout
         super().__init__(message)
+
+
+class StartAborted(OutboxError):
+    """A start was given up because a stop was requested while it waited (``outbox-di worker``
+    received SIGTERM during its Pub/Sub check, say); what it had opened is closed."""

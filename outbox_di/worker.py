@@ -4,21 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from dependency_injector import providers
 
 from outbox_di import config as config_module
 from outbox_di import containers, errors, observability, settings
 from outbox_di.inbox import handlers as handlers_module
+from outbox_di.publishing import pubsub
+
+HANDLERS_HELP = (
+    "the inbox handlers: an InboxHandlers or a mapping of event type to handler "
+    "(myservice.inbox:handlers), or a function that takes this worker's OutboxContainer and "
+    "returns one (myservice.inbox:make_handlers)"
+)
+"""The help of ``outbox-di worker --handlers``."""
 
 
 async def serve(container: containers.OutboxContainer, stop: asyncio.Event) -> None:
     """Start the pool and the workers, wait for ``stop``, then drain and close everything
-    (also what a failed start had already opened)."""
+    (also what a failed start had already opened).
+
+    ``stop`` is watched during the start too: a start waiting for Pub/Sub (its checks take up to
+    ``pubsub.connect_timeout``) gives up as soon as ``stop`` is set, and what it had opened is
+    closed. A connection to PostgreSQL being opened ends within ``pool.connect_timeout``.
+    """
     try:
-        await containers.start(container, workers=True)
+        try:
+            # Not a cancellation: dependency-injector starts resources in tasks of its own,
+            # which cancelling this one would leave running (see stop_startup_on).
+            with pubsub.stop_startup_on(stop):
+                await containers.start(container, workers=True)
+        except errors.StartAborted as exc:
+            observability.logger.info("outbox-di worker: %s", exc)
+            return
         await stop.wait()
     finally:
         await containers.stop(container)
@@ -51,13 +73,62 @@ def describe(config: config_module.OutboxConfig) -> str:
     return f"schema {config.schema!r}, {loops} publisher loop(s), {inbox}"
 
 
-def load_handlers(reference: str) -> handlers_module.InboxHandlers:
-    """The handlers named by ``"package.module:attribute"`` (an ``InboxHandlers`` or a mapping
-    of event type to handler)."""
+def load_handlers(
+    reference: str, container: containers.OutboxContainer | None = None
+) -> handlers_module.InboxHandlers:
+    """The handlers named by ``"package.module:attribute"``: an ``InboxHandlers``, a mapping of
+    event type to handler, or a function that takes ``container`` (the worker's
+    ``OutboxContainer``, before it starts) and returns one of those, so handlers can close over
+    the container's providers (``container.outbox()`` inside a handler, say)."""
+    found = _find_handlers(reference)
+    if isinstance(found, handlers_module.InboxHandlers):
+        return found
+    if container is None:
+        raise errors.ConfigError(
+            [f"--handlers: {reference} is a factory; give the container to call it with"]
+        )
+    return _call_factory(reference, found, container)
+
+
+def _find_handlers(
+    reference: str,
+) -> handlers_module.InboxHandlers | Callable[[containers.OutboxContainer], object]:
+    """The handlers, or the factory that makes them (import errors name the flag)."""
     try:
-        return handlers_module.resolve(reference)
+        found = handlers_module._import(reference)
+        if isinstance(found, (handlers_module.InboxHandlers, Mapping)) or not callable(found):
+            return handlers_module.resolve(found)
     except ValueError as exc:
         raise errors.ConfigError([f"--handlers: {exc}"]) from exc
+    return found
+
+
+def _call_factory(
+    reference: str,
+    factory: Callable[[containers.OutboxContainer], object],
+    container: containers.OutboxContainer,
+) -> handlers_module.InboxHandlers:
+    try:
+        made = factory(container)
+    except errors.OutboxError:
+        raise
+    except Exception as exc:
+        raise errors.ConfigError(
+            [f"--handlers: {reference}(container) raised {type(exc).__name__}: {exc}"]
+        ) from exc
+    if inspect.isawaitable(made):
+        if inspect.iscoroutine(made):
+            made.close()  # never awaited: no "coroutine was never awaited" warning
+        raise errors.ConfigError(
+            [
+                f"--handlers: {reference}(container) returned an awaitable; the factory must be "
+                "a plain function that returns the InboxHandlers (register coroutines on it)"
+            ]
+        )
+    try:
+        return handlers_module.resolve(made)
+    except ValueError as exc:
+        raise errors.ConfigError([f"--handlers: {reference}(container): {exc}"]) from exc
 
 
 def run(
@@ -66,11 +137,14 @@ def run(
     handlers: str | None = None,
 ) -> int:
     """Run until SIGINT or SIGTERM; the in-flight batches drain within ``shutdown_timeout``."""
+    # The module is imported first: a wrong --handlers is reported before the settings are.
+    found = _find_handlers(handlers) if handlers is not None else None
     mapping = settings.load_mapping(settings_files)
-    overrides: dict[str, Any] = {}
-    if handlers is not None:
-        overrides["inbox_handlers"] = load_handlers(handlers)
-    container = containers.OutboxContainer(config=mapping, **overrides)
+    container = containers.OutboxContainer(config=mapping)
+    if handlers is not None and found is not None:
+        if not isinstance(found, handlers_module.InboxHandlers):
+            found = _call_factory(handlers, found, container)
+        container.inbox_handlers.override(providers.Object(found))
     config = container.settings()
 
     async def main() -> None:

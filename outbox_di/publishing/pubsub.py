@@ -18,9 +18,11 @@ by message to find the culprit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as google_exceptions
@@ -231,6 +233,27 @@ def unavailable(
     )
 
 
+_startup_stop: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
+    "outbox_di_startup_stop", default=None
+)
+
+
+@contextlib.contextmanager
+def stop_startup_on(stop: asyncio.Event) -> Iterator[None]:
+    """For the block (and the tasks it creates), a start-up check gives up as soon as ``stop``
+    is set, raising :class:`~outbox_di.errors.StartAborted`.
+
+    ``outbox-di worker`` starts its container in this block, so SIGTERM ends a start that waits
+    for Pub/Sub. (A context variable, not a cancellation: dependency-injector initializes
+    resources in tasks of its own, which a cancelled start does not reach.)
+    """
+    token = _startup_stop.set(stop)
+    try:
+        yield
+    finally:
+        _startup_stop.reset(token)
+
+
 async def startup_call(
     settings: config_module.OutboxConfig,
     call: Callable[..., Awaitable[Any]],
@@ -243,7 +266,8 @@ async def startup_call(
     ``deadline`` (``loop.time()``); :func:`unavailable` when it never answered.
 
     The GAPIC deadline (``timeout`` and the retry's ``timeout``) should end it; the call is
-    cancelled a little later in any case, so a start never waits much past the deadline.
+    cancelled a little later in any case, so a start never waits much past the deadline. Inside
+    :func:`stop_startup_on`, a stop ends it at once with :class:`~outbox_di.errors.StartAborted`.
     """
     remaining = deadline - asyncio.get_running_loop().time()
     if remaining <= 0:
@@ -257,10 +281,24 @@ async def startup_call(
         multiplier=2.0,
         timeout=remaining,
     )
+    calling = asyncio.ensure_future(
+        asyncio.wait_for(call(timeout=remaining, retry=retry, **kwargs), remaining + _STARTUP_GRACE)
+    )
+    stop = _startup_stop.get()
+    if stop is not None:
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({calling, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not calling.done():
+                calling.cancel()
+        if not calling.done() or calling.cancelled():
+            with contextlib.suppress(asyncio.CancelledError):
+                await calling
+            raise errors.StartAborted(f"start-up stopped while {what}: a stop was requested")
     try:
-        return await asyncio.wait_for(
-            call(timeout=remaining, retry=retry, **kwargs), remaining + _STARTUP_GRACE
-        )
+        return await calling
     except (
         google_exceptions.RetryError,
         google_exceptions.ServiceUnavailable,

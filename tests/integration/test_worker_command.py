@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -102,7 +103,7 @@ def test_worker_with_bad_settings_exits_with_the_key_path(tmp_path: Path) -> Non
 
 
 HANDLERS_MODULE = """
-from outbox_di import InboxHandlers
+from outbox_di import InboxHandlers, OutboxContainer
 
 handlers = InboxHandlers()
 
@@ -112,10 +113,27 @@ async def remember(event, session):
     await session.execute(
         "INSERT INTO {schema}.seen (event_id) VALUES (%s)", (event.event_id,)
     )
+
+
+def make_handlers(container):
+    # A factory: the handler closes over the worker's own container.
+    assert isinstance(container, OutboxContainer)
+    made = InboxHandlers()
+
+    @made.on("item.created", transactional=True)
+    async def remember_with_the_container(event, session):
+        name = container.settings().schema
+        await session.execute(
+            f"INSERT INTO {name}.seen (event_id) VALUES (%s)", (event.event_id,)
+        )
+
+    return made
 """
 
 
+@pytest.mark.parametrize("reference", ["service_inbox:handlers", "service_inbox:make_handlers"])
 async def test_worker_runs_the_inbox_with_handlers_from_a_module(
+    reference: str,
     outbox_pool: Any,
     outbox_repository: repository.OutboxRepository,
     outbox_dsn: str,
@@ -123,7 +141,8 @@ async def test_worker_runs_the_inbox_with_handlers_from_a_module(
     tmp_path: Path,
 ) -> None:
     """The worker relays its outbox to a topic whose subscription feeds its own inbox; the
-    transactional handler named by ``--handlers`` records each event once."""
+    transactional handler named by ``--handlers`` (the handlers, or a factory given the
+    worker's container) records each event once."""
     schema = outbox_repository.schema
     host = pubsub_inprocess_emulator.host
     async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
@@ -152,7 +171,7 @@ async def test_worker_runs_the_inbox_with_handlers_from_a_module(
             "outbox_di.cli",
             "worker",
             "--handlers",
-            "service_inbox:handlers",
+            reference,
             cwd=tmp_path,
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -224,3 +243,81 @@ def test_worker_with_a_missing_topic_exits_cleanly_naming_it(
     assert result.returncode == 2, result.stderr
     assert f"projects/{PROJECT}/topics/no-such-topic' does not exist" in result.stderr
     assert "Traceback" not in result.stderr and "athrow" not in result.stderr, result.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_worker_stops_on_sigterm_while_its_start_waits_for_pubsub(
+    outbox_schema: str, outbox_dsn: str, tmp_path: Path
+) -> None:
+    """No Pub/Sub answers and connect_timeout is long: SIGTERM during the start ends it at
+    once, closing what it had opened, instead of after the timeout."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OUTBOX_")}
+    env.update(
+        {
+            "OUTBOX_SCHEMA": outbox_schema,
+            "OUTBOX_DSN": outbox_dsn,
+            "OUTBOX_PUBLISHER__TOPIC": "events",
+            "OUTBOX_PUBSUB__PROJECT": PROJECT,
+            "OUTBOX_PUBSUB__EMULATOR_HOST": f"127.0.0.1:{_closed_port()}",
+            "OUTBOX_PUBSUB__CONNECT_TIMEOUT": "60s",
+        }
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-W",
+        "error::ResourceWarning",
+        "-m",
+        "outbox_di.cli",
+        "worker",
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        # The start-up line comes before the start: the signal handlers are in place by then.
+        first = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert b"outbox-di worker: schema" in first, first
+        await asyncio.sleep(1.0)
+        assert process.returncode is None
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        out_bytes, err_bytes = await asyncio.wait_for(process.communicate(), 20)
+        elapsed = time.monotonic() - started
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.communicate()
+    err = err_bytes.decode()
+    assert process.returncode == 0, err
+    assert elapsed < 5, elapsed
+    assert "stopped" in out_bytes.decode()
+    assert "Traceback" not in err, err
+
+
+def test_worker_handlers_factory_that_returns_nothing_useful_names_the_flag(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "bad_inbox.py").write_text("def make(container):\n    return 42\n")
+    (tmp_path / "settings.toml").write_text(
+        '[outbox]\nschema = "ok"\ndsn = "postgresql://x/y"\n[outbox.publisher]\ntopic = "events"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    env["PYTHONPATH"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "outbox_di.cli", "worker", "--handlers", "bad_inbox:make"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--handlers: bad_inbox:make(container): must be an InboxHandlers" in result.stderr
