@@ -3,7 +3,7 @@
 It pulls with the GAPIC ``SubscriberAsyncClient`` (unary ``Pull`` of up to 1,000 messages, one
 batched ``Acknowledge``), not the high-level streaming-pull ``SubscriberClient``: measured on
 Google's emulator the unary pull path received ~15k msg/s against ~1.5-2k msg/s for streaming
-pull (DESIGN §10, docs/inbox.md). Each loop:
+pull (docs/inbox.md). Each loop:
 
 1. pulls a batch (bounded by ``inbox.max_messages`` / ``inbox.max_bytes`` outstanding);
 2. records it with one ``INSERT … ON CONFLICT DO NOTHING`` (autocommitted), which tells the
