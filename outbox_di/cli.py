@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--handlers",
         metavar="MODULE:NAME",
-        help="the inbox handlers (an InboxHandlers or a mapping), e.g. myservice.inbox:handlers",
+        help="the inbox handlers: an InboxHandlers, a mapping, or a factory called with the "
+        "worker's container, e.g. myservice.inbox:handlers",
     )
     _add_settings(worker)
     return parser

@@ -197,7 +197,7 @@ class _OutboxContainerMeta(_DeclarativeMeta):  # type: ignore[misc]
 
 class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContainerMeta):
     """Providers for the pool, repositories, publisher, publisher task, inbox receiver, worker
-    and handlers, meter, logger and the ``outbox`` enqueue facade; these names are a stable contract."""
+    and handlers, meter, logger and the ``outbox`` enqueue facade (a stable set of names)."""
 
     config = providers.Configuration(strict=True)
     settings = providers.Singleton(build_settings, config)
