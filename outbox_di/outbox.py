@@ -20,10 +20,19 @@ from outbox_di import errors, models, repository
 _NO_MESSAGE: Any = object()
 
 
-def _moved(call: str) -> TypeError:
-    return TypeError(
-        f"{call}: the session is the first argument now, not session=: write "
-        f"{call.replace('(', '(session, ', 1)}"
+def _refuse_keywords(method: str, argument: str, keywords: Mapping[str, object]) -> None:
+    """Any keyword is a mistake: ``session=`` is the old form, the rest are typos."""
+    if not keywords:
+        return
+    if "session" in keywords:
+        raise TypeError(
+            f"{method}({argument}): the session is the first argument now, not session=: "
+            f"write {method}(session, {argument})"
+        )
+    names = ", ".join(sorted(keywords))
+    raise TypeError(
+        f"{method}() got unexpected keyword argument(s) {names}: call "
+        f"{method}(session, {argument}) or {method}({argument})"
     )
 
 
@@ -47,12 +56,7 @@ class Outbox:
         """Store one message: in ``session``'s open transaction when given, else in a short
         transaction of the library's own. Wrong arguments raise ``TypeError`` before anything
         is written."""
-        if unexpected:
-            raise (
-                _moved("enqueue(message)")
-                if "session" in unexpected
-                else _unexpected("enqueue", unexpected)
-            )
+        _refuse_keywords("enqueue", "message", unexpected)
         if message is _NO_MESSAGE:
             single = models.require_message(first, "enqueue(message)")
             async with self.transaction() as cursor:
@@ -73,12 +77,7 @@ class Outbox:
     ) -> list[uuid.UUID]:
         """Store all messages in one statement: in ``session``'s transaction when given, else
         in one of the library's own."""
-        if unexpected:
-            raise (
-                _moved("enqueue_many(messages)")
-                if "session" in unexpected
-                else _unexpected("enqueue_many", unexpected)
-            )
+        _refuse_keywords("enqueue_many", "messages", unexpected)
         if messages is _NO_MESSAGE:
             batch = models.require_messages(first, "enqueue_many(messages)")
             async with self.transaction() as cursor:
@@ -116,11 +115,3 @@ class Outbox:
                 await cursor.execute(queries["transaction_commit"].sql)
         except psycopg2.Error as exc:
             raise errors.DatabaseError(f"outbox transaction failed: {exc}") from exc
-
-
-def _unexpected(method: str, keywords: Mapping[str, object]) -> TypeError:
-    names = ", ".join(sorted(keywords))
-    return TypeError(
-        f"{method}() got unexpected keyword argument(s) {names}: call "
-        f"{method}(session, message) or {method}(message)"
-    )
