@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -57,27 +56,51 @@ def _add_dsn(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dsn", help=_DSN_HELP)
 
 
+def _add_to(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--to",
+        type=int,
+        metavar="N",
+        help=f"stop at version N (default: the latest, {schema.SCHEMA_VERSION})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="outbox-di", description="Transactional outbox and inbox on PostgreSQL."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    render = commands.add_parser("render-ddl", help="print the DDL for a schema")
+    render = commands.add_parser(
+        "render-ddl", help="print the DDL for a schema: every migration, in order"
+    )
     _add_schema(render)
+    render.add_argument(
+        "--from", dest="start", type=int, metavar="N", help="start at version N (default 1)"
+    )
+    _add_to(render)
 
-    migrate = commands.add_parser("migrate", help="apply the DDL to a database (idempotent)")
+    migrate = commands.add_parser(
+        "migrate", help="apply the pending migrations to a database, in order (idempotent)"
+    )
     _add_schema(migrate)
     _add_dsn(migrate)
+    _add_to(migrate)
+    migrate.add_argument(
+        "--dry-run", action="store_true", help="print the SQL it would run, run nothing"
+    )
 
     check = commands.add_parser(
         "check",
-        help="compare a live schema (--dsn) or a migration file (--file) with the template",
+        help="compare a live schema (--dsn) or migration files (--file) with the migrations",
     )
     _add_schema(check)
     _add_dsn(check)
     check.add_argument(
-        "--file", help="a committed migration to compare with the template, without a database"
+        "--file",
+        action="append",
+        help="a committed migration to compare with the migrations, without a database "
+        "(repeatable: the files are read in order, as one)",
     )
     check.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -225,7 +248,8 @@ def _dsn_arg(args: argparse.Namespace, *, alternative: str = "") -> str:
 
 
 def _render(args: argparse.Namespace) -> int:
-    sys.stdout.write(schema.render_ddl(_schema_arg(args), notify=args.notify))
+    name = _schema_arg(args)
+    sys.stdout.write(schema.render_ddl(name, notify=args.notify, to=args.to, start=args.start))
     return 0
 
 
@@ -233,48 +257,36 @@ def _migrate(args: argparse.Namespace) -> int:
     name = _schema_arg(args)
     dsn = _dsn_arg(args)
     with database.connect(dsn) as conn:
-        database.migrate(conn, name, notify=args.notify)
-        version = database.schema_version(conn, name)
-    print(f"schema {name!r} migrated: version {version}")
+        result = database.migrate(conn, name, notify=args.notify, to=args.to, dry_run=args.dry_run)
+    if args.dry_run:
+        if not result.statements:
+            print(f"-- schema {name!r} is at version {result.version}: nothing to run")
+        for number, text in enumerate(result.statements, 1):
+            print(f"-- transaction {number} (outbox-di migrate takes the schema's advisory lock)")
+            print("BEGIN;")
+            print(text.strip())
+            print("COMMIT;")
+        if result.applied:
+            print(
+                f"-- would apply version(s) {', '.join(map(str, result.applied))} to schema "
+                f"{name!r}, each in its own transaction"
+            )
+        return 0
+    if result.applied:
+        versions = ", ".join(map(str, result.applied))
+        print(f"schema {name!r} migrated: version {result.version} (applied {versions})")
+    else:
+        print(f"schema {name!r} migrated: version {result.version} (nothing to apply)")
     return 0
 
 
-_COMMENT = re.compile(r"--[^\n]*")
-
-
-def split_statements(sql: str) -> list[str]:
-    """Split SQL text into statements, keeping ``$$``-quoted bodies and literals whole."""
-    statements: list[str] = []
-    current: list[str] = []
-    dollar = quote = False
-    i = 0
-    while i < len(sql):
-        char = sql[i]
-        if not quote and sql.startswith("$$", i):
-            dollar = not dollar
-            current.append("$$")
-            i += 2
-            continue
-        if not dollar and char == "'":
-            quote = not quote
-        if not dollar and not quote and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = len(sql) if end == -1 else end
-            continue
-        if char == ";" and not dollar and not quote:
-            statements.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        i += 1
-    statements.append("".join(current))
-    return [" ".join(s.split()) for s in statements if s.strip()]
+split_statements = schema.split_statements
 
 
 def compare_file(
     text: str, schema_name: str, *, notify: bool = True
 ) -> tuple[list[str], list[str]]:
-    """``(missing, extra)`` statements of a migration file against the rendered template."""
+    """``(missing, extra)`` statements of migration SQL against the rendered migrations."""
     expected = split_statements(schema.render_ddl(schema_name, notify=notify))
     found = split_statements(text)
     missing = [f"missing statement: {s[:120]}" for s in expected if s not in found]
@@ -284,14 +296,22 @@ def compare_file(
 
 def _check(args: argparse.Namespace) -> int:
     name = _schema_arg(args)
+    notes: list[str] = []
+    version: int | None = schema.SCHEMA_VERSION
+    behind = False
     if args.file:
-        with open(args.file, encoding="utf-8") as handle:
-            differences, extras = compare_file(handle.read(), name, notify=args.notify)
-        target = args.file
+        texts = []
+        for path in args.file:
+            with open(path, encoding="utf-8") as handle:
+                texts.append(handle.read())
+        differences, extras = compare_file("\n;\n".join(texts), name, notify=args.notify)
+        target = ", ".join(args.file)
     else:
         dsn = _dsn_arg(args, alternative=" (or --file)")
         with database.connect(dsn) as conn:
-            differences, extras = database.check(conn, name, notify=args.notify)
+            report = database.inspect(conn, name, notify=args.notify)
+        differences, extras, notes = report.differences, list(report.extras), list(report.notes)
+        version, behind = report.version, report.behind
         target = f"schema {name!r}"
     if args.json:
         print(
@@ -299,21 +319,30 @@ def _check(args: argparse.Namespace) -> int:
                 {
                     "schema": name,
                     "in_sync": not differences,
+                    "version": version,
+                    "latest": schema.SCHEMA_VERSION,
+                    "behind": behind,
                     "differences": differences,
                     "extras": extras,
+                    "notes": notes,
                 },
                 indent=2,
             )
         )
     else:
         for line in differences:
-            print(f"DRIFT  {line}")
+            print(line if line.startswith("behind: ") else f"DRIFT  {line}")
         for line in extras:
             print(f"note   {line} (not in the template; allowed)")
-        if differences:
+        for line in notes:
+            print(f"note   {line}")
+        drift = [line for line in differences if not line.startswith("behind: ")]
+        if behind and not drift:
+            print(f"{target}: behind; run `outbox-di migrate`")
+        elif differences:
             print(
-                f"{target}: {len(differences)} difference(s) from the template; "
-                "run `outbox-di migrate` or fix them by hand"
+                f"{target}: {len(drift)} difference(s) from the migrations"
+                f"{' and behind' if behind else ''}; run `outbox-di migrate` or fix them by hand"
             )
         else:
             print(f"{target}: in sync with the template (version {schema.SCHEMA_VERSION})")

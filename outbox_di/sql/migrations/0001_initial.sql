@@ -1,14 +1,7 @@
--- outbox_di schema, version 1.
--- Rendered per service schema by outbox_di.schema, which validates and quotes the schema name
--- and derives the NOTIFY channel names from it.
--- Every statement is idempotent: applying the rendered text twice changes nothing.
-
-CREATE SCHEMA IF NOT EXISTS {{schema}};
-
-CREATE TABLE IF NOT EXISTS {{schema}}.outbox_schema_version (
-    version integer PRIMARY KEY,
-    applied_at timestamptz NOT NULL DEFAULT now()
-);
+-- Version 1: the outbox and inbox tables, their indexes and the NOTIFY triggers (what
+-- outbox_di 0.1.0 created). The schema and outbox_schema_version come first, from
+-- outbox_di/sql/schema_version.sql; the version row is recorded by the migration runner.
+-- Every statement is idempotent, so this file may run on a schema that already has them.
 
 CREATE TABLE IF NOT EXISTS {{schema}}.outbox_events (
     event_id uuid PRIMARY KEY,
@@ -108,5 +101,3 @@ CREATE OR REPLACE TRIGGER inbox_events_notify
 DROP TRIGGER IF EXISTS outbox_events_notify ON {{schema}}.outbox_events;
 DROP TRIGGER IF EXISTS inbox_events_notify ON {{schema}}.inbox_events;
 -- no-notify:end
-
-INSERT INTO {{schema}}.outbox_schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
