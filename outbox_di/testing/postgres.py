@@ -121,11 +121,14 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
 
 
-def create_schema(dsn: str, prefix: str = "test", *, notify: bool = True) -> str:
-    """A fresh schema named ``<prefix>_<12 hex digits>`` with the DDL applied; its name."""
+def create_schema(
+    dsn: str, prefix: str = "test", *, notify: bool = True, to: int | None = None
+) -> str:
+    """A fresh schema named ``<prefix>_<12 hex digits>`` migrated to version ``to`` (default:
+    the latest); its name."""
     name = f"{prefix}_{secrets.token_hex(6)}"
     with database.connect(dsn) as conn:
-        database.migrate(conn, name, notify=notify)
+        database.migrate(conn, name, notify=notify, to=to)
     return name
 
 
@@ -136,9 +139,11 @@ def drop_schema(dsn: str, name: str) -> None:
 
 
 @contextlib.contextmanager
-def migrated_schema(dsn: str, prefix: str = "test", *, notify: bool = True) -> Iterator[str]:
+def migrated_schema(
+    dsn: str, prefix: str = "test", *, notify: bool = True, to: int | None = None
+) -> Iterator[str]:
     """:func:`create_schema` for the ``with`` block, dropped afterwards."""
-    name = create_schema(dsn, prefix, notify=notify)
+    name = create_schema(dsn, prefix, notify=notify, to=to)
     try:
         yield name
     finally:

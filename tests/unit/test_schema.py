@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.resources
+import re
+from pathlib import Path
+
 import pytest
 
 from outbox_di import errors, schema
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -142,3 +148,105 @@ def test_repository_query_names_exist() -> None:
         "inbox_count_pending",
     }
     assert expected <= schema.query_names()
+
+
+# -- numbered migrations -------------------------------------------------------------------------
+
+
+def test_the_migrations_ship_as_package_data() -> None:
+    """What ``importlib.resources`` finds in the installed package: the files pyproject.toml's
+    package-data (``sql/migrations/*.sql``) ships, numbered from 0001 without gaps."""
+    folder = importlib.resources.files("outbox_di").joinpath("sql/migrations")
+    names = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+    assert names[0] == "0001_initial.sql"
+    assert [int(name[:4]) for name in names] == list(range(1, len(names) + 1))
+    assert all(re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", name) for name in names)
+    assert schema.SCHEMA_VERSION == len(names) == schema.migrations()[-1].version
+    assert importlib.resources.files("outbox_di").joinpath("sql/schema_version.sql").is_file()
+    project = (ROOT / "pyproject.toml").read_text()
+    assert '"sql/migrations/*.sql"' in project and '"sql/*.sql"' in project
+
+
+def test_every_migration_renders_with_the_template_placeholders() -> None:
+    for migration in schema.migrations():
+        for notify in (True, False):
+            text = migration.render("catalog", notify=notify)
+            assert "{{" not in text, migration.filename
+            assert ":begin" not in text and ":end" not in text, migration.filename
+
+
+def test_render_ddl_is_every_migration_in_order_each_recorded() -> None:
+    ddl = schema.render_ddl("catalog")
+    assert ddl.startswith('CREATE SCHEMA IF NOT EXISTS "catalog";')
+    positions = [ddl.index(f"-- outbox_di version {m.version}: ") for m in schema.migrations()]
+    assert positions == sorted(positions)
+    for migration in schema.migrations():
+        assert f"VALUES ({migration.version}, '{migration.checksum}')" in ddl
+    assert schema.render_ddl("catalog", to=1).count("-- outbox_di version") == 1
+    with pytest.raises(errors.OutboxError, match="this outbox_di has versions 1 to"):
+        schema.render_ddl("catalog", to=schema.SCHEMA_VERSION + 1)
+    with pytest.raises(errors.OutboxError, match="--to 0"):
+        schema.render_ddl("catalog", to=0)
+
+
+def test_the_checksum_is_of_the_statements_not_of_the_rendering() -> None:
+    text = schema.migrations()[0].text
+    digest = schema.checksum(text)
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    # Comments and whitespace do not count...
+    assert schema.checksum("-- reworded\n" + text.replace("    ", "  ")) == digest
+    # ...a statement does, and so does moving one into or out of a notify section.
+    assert schema.checksum(text.replace("last_error text,", "last_error varchar,")) != digest
+    moved = text.replace("-- notify:begin\n", "").replace("-- notify:end\n", "")
+    moved = moved.replace("-- no-notify:begin\n", "-- notify:begin\n-- notify:end\n")
+    assert schema.checksum(moved) != digest
+    assert schema.migrations()[0].checksum == digest
+
+
+def _folder(tmp_path: Path, *names: str) -> Path:
+    for name in names:
+        (tmp_path / name).write_text("SELECT 1;\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (("0001_initial.sql", "0003_later.sql"), "'0003_later.sql' comes where 0002 was expected"),
+        (("0001_initial.sql", "0001_again.sql"), "two migrations have number 0001"),
+        (("0001_initial.sql", "2_bad.sql"), "'2_bad.sql' is misnamed"),
+        (("0001_Initial.sql",), "misnamed"),
+        ((), "no migrations found"),
+    ],
+)
+def test_misnumbered_migrations_are_refused(
+    tmp_path: Path, names: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(errors.OutboxError, match=re.escape(message)):
+        schema.load_migrations(_folder(tmp_path, *names))
+
+
+def test_other_files_in_the_migrations_folder_are_ignored(tmp_path: Path) -> None:
+    found = schema.load_migrations(_folder(tmp_path, "0001_a.sql", "0002_b.sql", "README.md"))
+    assert [(m.version, m.name) for m in found] == [(1, "0001_a"), (2, "0002_b")]
+    assert schema.latest_version(found) == 2
+
+
+def test_django_ships_one_thin_migration_per_version() -> None:
+    """``outbox_di/integrations/django/migrations`` has one file per SQL version, in a chain,
+    each applying its version through ApplyOutboxVersion (read, not imported: no Django
+    settings here)."""
+    folder = ROOT / "outbox_di/integrations/django/migrations"
+    files = sorted(path for path in folder.glob("[0-9][0-9][0-9][0-9]_*.py"))
+    assert [int(path.name[:4]) for path in files] == list(range(1, schema.SCHEMA_VERSION + 1)), (
+        "add outbox_di/integrations/django/migrations/NNNN_version_N.py for each new "
+        "sql/migrations/NNNN_*.sql (see 0002_version_2.py)"
+    )
+    previous = None
+    for path in files:
+        version = int(path.name[:4])
+        source = path.read_text()
+        assert f"operations.ApplyOutboxVersion({version})" in source, path.name
+        if previous is not None:
+            assert f'("outbox_di", "{previous}")' in source, path.name
+        previous = path.stem
