@@ -48,6 +48,7 @@ from outbox_di import (
     database,
     errors,
 )
+from outbox_di import schema as outbox_schema
 from outbox_di.integrations import django as outbox_django
 from outbox_di.integrations.django import apps as outbox_apps
 from outbox_di.integrations.django import autostart, conf, runner
@@ -668,6 +669,88 @@ def test_migration_of_another_database_leaves_it_alone(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other))
             )
         admin.close()
+
+
+DJANGO_VERSION_2 = '''"""Version 2 of the outbox schema in the schema of ``settings.OUTBOX``:
+the library's ``sql/migrations/0002_*.sql``, whatever it holds."""
+
+from __future__ import annotations
+
+from django.db import migrations  # type: ignore[import-untyped]
+
+from outbox_di.integrations.django import operations
+
+
+class Migration(migrations.Migration):  # type: ignore[misc]
+    dependencies = [("outbox_di", "0001_initial")]
+    operations = [operations.ApplyOutboxVersion(2)]
+'''
+"""``0002_version_2.py`` as the application ships it (once the library has a version 2)."""
+
+DJANGO_MIGRATIONS = Path(outbox_django.__file__).parent / "migrations"
+
+
+def test_each_version_is_a_thin_migration_mixed_with_outbox_di_migrate(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    """``outbox-di migrate --to 1``, then ``manage.py migrate``: 0001 finds version 1 applied
+    and records it, 0002 applies version 2 through the library, with its checksum. When the
+    library ships only version 1, the project's settings give it a version 2 of the test's own
+    (a temporary migrations folder) and the application's migrations are this file's copy of
+    ``0002_version_2.py``."""
+    name = "shop_outbox"
+    sql_folder = tmp_path / "sql_migrations"
+    sql_folder.mkdir()
+    for migration in outbox_schema.migrations():
+        (sql_folder / migration.filename).write_text(migration.text)
+    if outbox_schema.SCHEMA_VERSION == 1:
+        (sql_folder / "0002_test_index.sql").write_text(
+            "CREATE INDEX IF NOT EXISTS outbox_events_test_type_idx\n"
+            "    ON {{schema}}.outbox_events (event_type);\n"
+        )
+    found = outbox_schema.load_migrations(sql_folder)
+    package = tmp_path / "shop_outbox_migrations"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for path in DJANGO_MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.py"):
+        (package / path.name).write_text(path.read_text())
+    if not (package / "0002_version_2.py").exists():
+        (package / "0002_version_2.py").write_text(DJANGO_VERSION_2)
+    _write_project(
+        tmp_path,
+        {"default": support.database_entry(fresh_database)},
+        {"schema": name, "publisher": {"topic": "events"}},
+        "MIGRATION_MODULES = {'outbox_di': 'shop_outbox_migrations'}\n"
+        "import pathlib\n"
+        "import outbox_di.schema as _outbox_schema\n"
+        f"_found = _outbox_schema.load_migrations(pathlib.Path({str(sql_folder)!r}))\n"
+        "_outbox_schema.migrations = lambda: _found\n"
+        "_outbox_schema.SCHEMA_VERSION = _found[-1].version\n",
+    )
+    with contextlib.closing(psycopg2.connect(fresh_database)) as conn:
+        database.migrate(conn, name, to=1, found=found)
+
+    shown = _django(tmp_path, "sqlmigrate", "outbox_di", "0002").stdout
+    assert found[1].render(name).strip().splitlines()[-1] in shown
+    assert f"VALUES (2, '{found[1].checksum}')" in shown
+
+    migrated = _django(tmp_path, "migrate", "outbox_di")
+    assert "Applying outbox_di.0001_initial... OK" in migrated.stdout
+    assert "Applying outbox_di.0002_version_2... OK" in migrated.stdout
+    with contextlib.closing(psycopg2.connect(fresh_database)) as conn:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                sql.SQL("SELECT version, checksum FROM {}.outbox_schema_version ORDER BY 1").format(
+                    sql.Identifier(name)
+                )
+            )
+            recorded = cursor.fetchall()
+        assert recorded[:2] == [(1, found[0].checksum), (2, found[1].checksum)]
+        assert database.check(conn, name, found=found) == ([], [])
+        # outbox-di migrate afterwards finds nothing to do.
+        assert database.migrate(conn, name, found=found).applied == tuple(
+            range(3, found[-1].version + 1)
+        )
 
 
 def _free_port() -> int:
