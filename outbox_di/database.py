@@ -305,6 +305,7 @@ def migrate(
     chosen = schema.select_migrations(None, to, found)
     done: list[int] = []
     statements: list[str] = []
+    current: schema.Migration | None = None
     try:
         with conn, conn.cursor() as cursor:
             if not dry_run:
@@ -314,24 +315,29 @@ def migrate(
             pending = [m for m in chosen if m.version not in state.applied]
             upkeep = _upkeep_sql(schema_name, state, chosen, notify=notify, pending=bool(pending))
             if upkeep:
-                statements.append("\n".join(_display(sql, params) for sql, params in upkeep))
+                shown = "\n".join(_display(sql, params) for sql, params in upkeep)
+                statements.append(f"-- the version table's checksums, the NOTIFY triggers\n{shown}")
                 if not dry_run:
                     for sql, params in upkeep:
                         cursor.execute(sql, params)
             if dry_run:
                 conn.rollback()
         for migration in pending:
+            label = f"-- outbox_di version {migration.version}: {migration.filename}\n"
             if dry_run:
-                text = migration.render(schema_name, notify=notify)
+                text = migration.render(schema_name, notify=notify).rstrip("\n") + "\n\n"
                 if not state.table_exists and not done:
-                    text = schema.render_version_table(schema_name) + text
-                statements.append(text + schema.record_version_sql(schema_name, migration))
+                    text = schema.render_version_table(schema_name) + "\n" + text
+                record = schema.record_version_sql(schema_name, migration)
+                statements.append(label + text + record)
                 done.append(migration.version)
                 continue
+            current = migration
             with conn, conn.cursor() as cursor:
                 if apply_version(cursor, schema_name, migration, notify=notify):
                     done.append(migration.version)
-                    statements.append(migration.render(schema_name, notify=notify))
+                    statements.append(label + migration.render(schema_name, notify=notify))
+        current = None
         if pending and not dry_run:
             # The triggers of a schema that was at another notify mode than asked.
             with conn, conn.cursor() as cursor:
@@ -342,7 +348,16 @@ def migrate(
                 ):
                     cursor.execute(sql, params)
     except psycopg2.Error as exc:
-        raise errors.DatabaseError(f"migrating schema {schema_name!r} failed: {exc}") from exc
+        where = ""
+        if current is not None:
+            before = ", ".join(map(str, done)) or "none"
+            where = (
+                f"\n  at version {current.version} ({current.filename}): rolled back; the versions "
+                f"applied before it stay applied (this run: {before})"
+            )
+        raise errors.DatabaseError(
+            f"migrating schema {schema_name!r} failed: {str(exc).strip()}{where}"
+        ) from exc
     version = max([*state.applied, *done], default=0)
     return MigrateResult(schema_name, tuple(done), version, tuple(statements))
 

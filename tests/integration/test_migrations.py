@@ -466,3 +466,27 @@ async def test_upgrading_a_v1_schema_under_a_running_relay_loses_and_duplicates_
         with database.connect(outbox_dsn) as conn:
             report = database.inspect(conn, name, found=found)
         assert report.clean and report.version == found[-1].version
+
+
+def test_a_failing_version_rolls_back_alone_and_is_named(
+    outbox_dsn: str, outbox_schema_name: str, tmp_path: Path
+) -> None:
+    for migration in schema.migrations():
+        (tmp_path / migration.filename).write_text(migration.text)
+    broken = f"{schema.SCHEMA_VERSION + 1:04d}_broken.sql"
+    (tmp_path / broken).write_text(
+        "CREATE TABLE {{schema}}.outbox_test_half (id int);\n"
+        "CREATE INDEX outbox_test_idx ON {{schema}}.outbox_events (no_such_column);\n"
+    )
+    found = schema.load_migrations(tmp_path)
+    with database.connect(outbox_dsn) as conn:
+        with pytest.raises(errors.DatabaseError) as caught:
+            database.migrate(conn, outbox_schema_name, found=found)
+        message = str(caught.value)
+        assert message.startswith(f"migrating schema {outbox_schema_name!r} failed: column")
+        assert f"at version {found[-1].version} ({broken}): rolled back" in message
+        # The versions before it are applied; nothing of the broken one is.
+        assert database.schema_version(conn, outbox_schema_name) == schema.SCHEMA_VERSION
+    assert _fetch(
+        outbox_dsn, _q("SELECT to_regclass('{schema}.outbox_test_half')", outbox_schema_name)
+    ) == [(None,)]
