@@ -490,3 +490,38 @@ def test_a_failing_version_rolls_back_alone_and_is_named(
     assert _fetch(
         outbox_dsn, _q("SELECT to_regclass('{schema}.outbox_test_half')", outbox_schema_name)
     ) == [(None,)]
+
+
+def test_check_file_takes_one_committed_file_per_version(
+    tmp_path: Path,
+    extra_version: Sequence[schema.Migration],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A service that owns its migrations commits ``render-ddl --from N --to N`` per version;
+    ``check --file`` reads them in order, as one."""
+    latest = extra_version[-1].version
+    files = []
+    for version in (1, latest):
+        path = tmp_path / f"{version:04d}_outbox.sql"
+        assert (
+            cli.main(
+                [
+                    "render-ddl",
+                    "--schema",
+                    "orders",
+                    "--from",
+                    "1" if version == 1 else "2",
+                    "--to",
+                    str(1 if version == 1 else latest),
+                ]
+            )
+            == 0
+        )
+        path.write_text(capsys.readouterr().out)
+        files += ["--file", str(path)]
+    assert cli.main(["check", "--schema", "orders", *files]) == 0
+    assert "in sync" in capsys.readouterr().out
+    assert cli.main(["check", "--schema", "orders", *files[:2]]) == 1
+    assert 'missing statement: CREATE TABLE IF NOT EXISTS "orders".outbox_test_heads' in (
+        capsys.readouterr().out
+    )
