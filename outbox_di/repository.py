@@ -107,6 +107,8 @@ class OutboxRepository:
         self.queries = schema.Queries(self.schema)
         self.ordering = ordering
         self.pool = pool
+        # The ordered claim's walk over the keys' heads resumes after this key (None: the first).
+        self._after_key: str | None = None
         self._db = _PoolRunner(pool, self.queries)
         self._insert = self.queries["outbox_insert"]
         self._insert_many = self.queries["outbox_insert_many"]
@@ -251,17 +253,25 @@ class OutboxRepository:
         Due: pending, ``available_at <= now``, and not leased or leased before
         ``stale_before`` (``now - lock_ttl``). Rows that another claimer holds are skipped.
         With ``ordering``, a row with an ordering key is due only while it is the oldest
-        pending row of its key: at most one event per key is in flight.
+        pending row of its key: at most one event per key is in flight. The ordered claim looks
+        at the heads of at most ``limit`` keys, from where the previous claim of this repository
+        stopped, and at the ``limit`` oldest due rows, so its cost does not grow with the rows
+        queued behind the heads (see ``outbox_claim_ordered`` in ``sql/queries.sql``).
         """
-        rows = await self._db.fetch(
-            "outbox_claim_ordered" if self.ordering else "outbox_claim",
-            {
-                "now": now,
-                "stale_before": stale_before,
-                "limit": limit,
-                "lock_token": str(lock_token),
-            },
-        )
+        values: dict[str, object] = {
+            "now": now,
+            "stale_before": stale_before,
+            "limit": limit,
+            "lock_token": str(lock_token),
+        }
+        if self.ordering:
+            values["after_key"] = self._after_key
+            rows = await self._db.fetch("outbox_claim_ordered", values)
+            # One row is where the walk over the keys' heads stopped, not an event.
+            marker = next(i for i, row in enumerate(rows) if row[0] is None)
+            self._after_key = rows.pop(marker)[12]
+        else:
+            rows = await self._db.fetch("outbox_claim", values)
         # RETURNING comes in no particular order; the lease is the token we just stamped.
         rows.sort(key=_seq_of_row)
         return [self._claimed(row, lock_token, now) for row in rows]

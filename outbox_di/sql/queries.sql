@@ -71,36 +71,97 @@ RETURNING e.event_id, e.seq, e.aggregate_type, e.aggregate_id, e.event_type, e.p
 
 -- name: outbox_claim_ordered
 -- outbox_claim for per-key ordering: a row with an ordering key is due only while it is the
--- head of its key (no earlier pending row of that key, whatever that row's state), so a key's
--- events are published one after the other and a failing head holds back only its own key.
-WITH due AS (
-    SELECT e.ctid
+-- head of its key (no earlier pending row of that key, whatever that row's state: leased, not
+-- yet available or failing), so a key's events are published one after the other and a head
+-- that is in flight or failing holds back only its own key. A dead row is not pending: the key
+-- moves on. Rows without a key are claimed freely.
+-- Its cost does not grow with the rows queued behind the heads (docs/publisher.md):
+-- * heads: a loose index scan of outbox_events_ordering_idx, one descent per key, visiting at
+--   most %(limit)s keys after %(after_key)s (the repository passes where the previous claim
+--   stopped, NULL to start from the first key), so every key's head is looked at in turn;
+-- * oldest: the first %(limit)s due rows of the due index (oldest first, as outbox_claim), kept
+--   when they are keyless or the head of their key, so old heads go first and keyless rows
+--   are claimed;
+-- * due: both sets, at most 2 x %(limit)s rows found by ctid, checked again, oldest first,
+--   locked with SKIP LOCKED and leased as outbox_claim does.
+-- The last row returned is not an event: its event_id is NULL and its 13th column is the key to
+-- start the next claim after (NULL when the walk reached the last key).
+WITH RECURSIVE heads AS (
+    (SELECT e.ordering_key, e.ctid AS row_id, e.available_at, e.locked_at, 1 AS visited
+     FROM {{schema}}.outbox_events AS e
+     WHERE e.status = 'pending'
+       AND e.ordering_key IS NOT NULL
+       AND (CAST(%(after_key)s AS text) IS NULL OR e.ordering_key > CAST(%(after_key)s AS text))
+     ORDER BY e.ordering_key, e.seq
+     LIMIT 1)
+    UNION ALL
+    SELECT n.ordering_key, n.row_id, n.available_at, n.locked_at, h.visited + 1
+    FROM heads AS h
+    CROSS JOIN LATERAL (
+        SELECT e.ordering_key, e.ctid AS row_id, e.available_at, e.locked_at
+        FROM {{schema}}.outbox_events AS e
+        WHERE e.status = 'pending'
+          AND e.ordering_key IS NOT NULL
+          AND e.ordering_key > h.ordering_key
+        ORDER BY e.ordering_key, e.seq
+        LIMIT 1
+    ) AS n
+    WHERE h.visited < CAST(%(limit)s AS integer)
+),
+oldest AS (
+    SELECT e.ctid AS row_id, e.ordering_key, e.seq
     FROM {{schema}}.outbox_events AS e
     WHERE e.status = 'pending'
       AND e.available_at <= CAST(%(now)s AS timestamptz)
       AND (e.locked_at IS NULL OR e.locked_at < CAST(%(stale_before)s AS timestamptz))
-      AND (
-          e.ordering_key IS NULL
-          OR NOT EXISTS (
-              SELECT 1
-              FROM {{schema}}.outbox_events AS p
-              WHERE p.ordering_key = e.ordering_key
-                AND p.status = 'pending'
-                AND p.seq < e.seq
-          )
-      )
+    ORDER BY e.available_at, e.seq
+    LIMIT CAST(%(limit)s AS integer)
+),
+candidates AS (
+    SELECT h.row_id
+    FROM heads AS h
+    WHERE h.available_at <= CAST(%(now)s AS timestamptz)
+      AND (h.locked_at IS NULL OR h.locked_at < CAST(%(stale_before)s AS timestamptz))
+    UNION ALL
+    SELECT o.row_id
+    FROM oldest AS o
+    WHERE o.ordering_key IS NULL
+       OR NOT EXISTS (
+           SELECT 1
+           FROM {{schema}}.outbox_events AS p
+           WHERE p.ordering_key = o.ordering_key
+             AND p.status = 'pending'
+             AND p.seq < o.seq
+       )
+),
+due AS (
+    SELECT e.ctid
+    FROM {{schema}}.outbox_events AS e
+    WHERE e.ctid = ANY(ARRAY(SELECT row_id FROM candidates))
+      AND e.status = 'pending'
+      AND e.available_at <= CAST(%(now)s AS timestamptz)
+      AND (e.locked_at IS NULL OR e.locked_at < CAST(%(stale_before)s AS timestamptz))
     ORDER BY e.available_at, e.seq
     LIMIT CAST(%(limit)s AS integer)
     FOR UPDATE OF e SKIP LOCKED
+),
+claimed AS (
+    UPDATE {{schema}}.outbox_events AS e
+    SET lock_token = CAST(%(lock_token)s AS uuid),
+        locked_at = CAST(%(now)s AS timestamptz),
+        delivery_attempts = e.delivery_attempts + 1
+    WHERE e.ctid = ANY(ARRAY(SELECT ctid FROM due))
+    RETURNING e.event_id, e.seq, e.aggregate_type, e.aggregate_id, e.event_type, e.payload,
+              NULLIF(e.headers, CAST('{}' AS jsonb)) AS headers, e.ordering_key, e.created_at,
+              e.available_at, e.delivery_attempts, e.last_error
 )
-UPDATE {{schema}}.outbox_events AS e
-SET lock_token = CAST(%(lock_token)s AS uuid),
-    locked_at = CAST(%(now)s AS timestamptz),
-    delivery_attempts = e.delivery_attempts + 1
-WHERE e.ctid = ANY(ARRAY(SELECT ctid FROM due))
-RETURNING e.event_id, e.seq, e.aggregate_type, e.aggregate_id, e.event_type, e.payload,
-          NULLIF(e.headers, CAST('{}' AS jsonb)), e.ordering_key, e.created_at, e.available_at,
-          e.delivery_attempts, e.last_error;
+SELECT c.event_id, c.seq, c.aggregate_type, c.aggregate_id, c.event_type, c.payload, c.headers,
+       c.ordering_key, c.created_at, c.available_at, c.delivery_attempts, c.last_error,
+       CAST(NULL AS text)
+FROM claimed AS c
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT h.ordering_key FROM heads AS h WHERE h.visited = CAST(%(limit)s AS integer));
 
 -- name: outbox_mark_published
 -- "status NOT IN ('published', 'dead')" means pending (the CHECK allows nothing else), written
