@@ -525,3 +525,30 @@ def test_check_file_takes_one_committed_file_per_version(
     assert 'missing statement: CREATE TABLE IF NOT EXISTS "orders".outbox_test_heads' in (
         capsys.readouterr().out
     )
+
+
+@pytest.mark.parametrize("migration", schema.migrations(), ids=lambda m: m.filename)
+def test_every_migration_is_idempotent(
+    outbox_dsn: str, outbox_schema_name: str, migration: schema.Migration
+) -> None:
+    """Run again on a schema that has it, each version changes nothing and fails nothing: what
+    lets ``render-ddl``'s text run on a schema at an earlier version, and Django's and
+    ``outbox-di migrate``'s runs be mixed."""
+    with database.connect(outbox_dsn) as conn:
+        database.migrate(conn, outbox_schema_name, to=migration.version)
+        for notify in (True, False, True):
+            try:
+                with conn, conn.cursor() as cursor:
+                    cursor.execute(migration.render(outbox_schema_name, notify=notify))
+            except psycopg2.Error as exc:
+                pytest.fail(
+                    f"{migration.filename} fails when run again ({exc}); write each statement "
+                    "so that it can run twice (IF NOT EXISTS, CREATE OR REPLACE, ON CONFLICT DO "
+                    "NOTHING)"
+                )
+        assert database.check(conn, outbox_schema_name) == (
+            [f"behind: at version {migration.version}, library expects {schema.SCHEMA_VERSION}"]
+            if migration.version < schema.SCHEMA_VERSION
+            else [],
+            [],
+        )
