@@ -200,12 +200,20 @@ def apply_version(
 
     Takes the schema's migration lock, reads the applied versions under it, creates (or brings
     up to date) the version table when needed, runs the migration and records it with its
-    checksum. Returns whether it ran. ``cursor`` is any DB-API cursor taking ``%(name)s``
+    checksum (an applied version recorded without one, by outbox_di 0.1.0, gets it). Returns
+    whether it ran. ``cursor`` is any DB-API cursor taking ``%(name)s``
     parameters (psycopg2's, Django's); the caller commits.
     """
     lock_schema(cursor, schema_name)
     state = read_versions(cursor, schema_name)
     if migration.version in state.applied:
+        if state.applied[migration.version] is None:  # recorded by outbox_di 0.1.0
+            if not state.has_checksum_column:
+                cursor.execute(schema.render_version_table(schema_name))
+            cursor.execute(
+                schema.version_sql("fill_checksum", schema_name),
+                {"version": migration.version, "checksum": migration.checksum},
+            )
         return False
     earlier = [v for v in range(1, migration.version) if v not in state.applied]
     if earlier:

@@ -552,3 +552,13 @@ def test_every_migration_is_idempotent(
             else [],
             [],
         )
+
+
+def test_apply_version_records_the_checksum_of_a_0_1_0_version(
+    outbox_dsn: str, outbox_schema_name: str
+) -> None:
+    """What Django's 0001 does on a schema 0.1.0 made: nothing to apply, the checksum noted."""
+    _apply_0_1_0(outbox_dsn, outbox_schema_name)
+    with database.connect(outbox_dsn) as conn, conn, conn.cursor() as cursor:
+        assert not database.apply_version(cursor, outbox_schema_name, schema.migrations()[0])
+    assert _versions(outbox_dsn, outbox_schema_name) == [(1, schema.migrations()[0].checksum)]
