@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/enqueue.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/inbox.py
+	$(BIN)/python bench/claim.py
 
 # pyenv's interpreters, when present, are put on the PATH so that tox finds 3.10-3.13.
 PYENV_BINS := $(wildcard $(HOME)/.pyenv/versions/3.1[0-3]*/bin)
