@@ -33,8 +33,21 @@ INBOX_DUPLICATE = "inbox_duplicate_total"
 INBOX_DEAD = "inbox_dead_total"
 INBOX_OLDEST_PENDING_AGE = "inbox_oldest_pending_age_ms"
 
-# Log record fields (passed with ``extra=``), so log pipelines can index them.
-LOG_FIELDS = ("event_id", "aggregate_id", "attempt", "latency_ms", "lag_ms")
+# Log record fields (passed with ``extra=``), so log pipelines can index them. The first five
+# are the seed's; ``event_type``, ``consumer`` (inbox), ``lock_token`` (a lost lease) and
+# ``error`` (a failure) were added after them. Names are never renamed or removed.
+LOG_FIELDS = (
+    "event_id",
+    "aggregate_id",
+    "attempt",
+    "latency_ms",
+    "lag_ms",
+    "event_type",
+    "consumer",
+    "lock_token",
+    "error",
+)
+_LOG_FIELD_SET = frozenset(LOG_FIELDS)
 
 SPAN_PUBLISH = "outbox publish"
 SPAN_HANDLE = "inbox handle"
@@ -157,7 +170,7 @@ class OutboxMetrics:
 
 def log_extra(**fields: Any) -> dict[str, Any]:
     """``extra=`` for a log call, restricted to the contract's field names."""
-    unknown = set(fields) - set(LOG_FIELDS)
+    unknown = fields.keys() - _LOG_FIELD_SET
     if unknown:
         raise ValueError(f"not a log field of the contract: {sorted(unknown)}")
     return fields

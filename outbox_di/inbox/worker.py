@@ -325,7 +325,9 @@ class InboxWorker:
                 by_key[event.ordering_key] = group = _Group([event])
                 groups.append(group)
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._run_group(token, group)) for group in groups]
+        # Once per batch: with DEBUG off, per-event logging costs nothing more than this.
+        debug = self.logger.isEnabledFor(logging.DEBUG)
+        tasks = [loop.create_task(self._run_group(token, group, debug)) for group in groups]
         try:
             _, pending = await asyncio.wait(tasks, timeout=self.settings.handler_timeout)
             if pending:
@@ -377,16 +379,17 @@ class InboxWorker:
                 number,
                 lost,
                 len(events),
+                extra=observability.log_extra(consumer=self.consumer),
             )
         if self.metrics.enabled:
             counts = collections.Counter(e.event_type for e in events if e.event_id in marked)
             for event_type, count in counts.items():
                 self.metrics.processed(event_type, count)
 
-    async def _run_group(self, token: uuid.UUID, group: _Group) -> list[_Outcome]:
+    async def _run_group(self, token: uuid.UUID, group: _Group, debug: bool) -> list[_Outcome]:
         outcomes = []
         for event in group.events:
-            outcomes.append(await self._handle(token, event, group))
+            outcomes.append(await self._handle(token, event, group, debug))
             group.started = True
         return outcomes
 
@@ -413,7 +416,9 @@ class InboxWorker:
     def _registration(self, event_type: str) -> _Registration | None:
         return self.handlers.get(event_type) or self.handlers.get(DEFAULT_HANDLER)
 
-    async def _handle(self, token: uuid.UUID, event: models.InboxEvent, group: _Group) -> _Outcome:
+    async def _handle(
+        self, token: uuid.UUID, event: models.InboxEvent, group: _Group, debug: bool
+    ) -> _Outcome:
         registration = self._registration(event.event_type)
         if registration is None:
             await self._park(token, event)
@@ -449,20 +454,14 @@ class InboxWorker:
         if outcome.error is not None:
             await self._handle_failure(token, event, outcome.error, latency_ms)
             outcome.done = True
-        elif outcome.ok and self.logger.isEnabledFor(logging.DEBUG):
+        elif outcome.ok and debug:
             lag_ms = (models.utcnow() - event.created_at).total_seconds() * 1000.0
             self.logger.debug(
                 "inbox event %s handled in %.1f ms, %.1f ms after it was recorded",
                 event.event_id,
                 latency_ms,
                 lag_ms,
-                extra=observability.log_extra(
-                    event_id=event.event_id,
-                    aggregate_id=event.aggregate_id,
-                    attempt=event.delivery_attempts,
-                    latency_ms=latency_ms,
-                    lag_ms=lag_ms,
-                ),
+                extra=self._extra(event, latency_ms=latency_ms, lag_ms=lag_ms),
             )
         return outcome
 
@@ -496,10 +495,11 @@ class InboxWorker:
         except _LeaseLost:
             self.stats.lease_lost += 1
             self.logger.warning(
-                "inbox event %s: lease lost (another worker took it after lock_ttl); the "
-                "handler's transaction was rolled back",
+                "inbox event %s: lease lost (lock token %s; another worker took it after "
+                "lock_ttl); the handler's transaction was rolled back",
                 event.event_id,
-                extra=observability.log_extra(event_id=event.event_id),
+                token,
+                extra=self._extra(event, lock_token=str(token)),
             )
             raise
         self.stats.processed += 1
@@ -508,15 +508,44 @@ class InboxWorker:
     async def _park(self, token: uuid.UUID, event: models.InboxEvent) -> None:
         error = f"no handler registered for event type {event.event_type!r}"
         changed = await self.repository.mark_dead(self.consumer, event.event_id, token, error)
-        if changed:
-            self.stats.parked += 1
-            self.stats.dead += 1
-            self.metrics.dead_lettered(event.event_type)
-        self.logger.error(
-            "inbox event %s parked: %s",
+        extra = self._extra(event, error=error)
+        if not changed:
+            self._lease_lost(token, event, "parked", error, extra)
+            return
+        self.stats.parked += 1
+        self.stats.dead += 1
+        self.metrics.dead_lettered(event.event_type)
+        self.logger.error("inbox event %s parked: %s", event.event_id, error, extra=extra)
+
+    def _extra(self, event: models.InboxEvent, **fields: Any) -> dict[str, Any]:
+        """The log fields of a record about ``event`` (plus ``fields``)."""
+        return observability.log_extra(
+            event_id=event.event_id,
+            aggregate_id=event.aggregate_id,
+            event_type=event.event_type,
+            consumer=self.consumer,
+            attempt=event.delivery_attempts,
+            **fields,
+        )
+
+    def _lease_lost(
+        self,
+        token: uuid.UUID,
+        event: models.InboxEvent,
+        what: str,
+        error: str,
+        extra: dict[str, Any],
+    ) -> None:
+        """A fenced statement about one event changed nothing: count it and say so."""
+        self.stats.lease_lost += 1
+        self.logger.warning(
+            "inbox event %s: lease lost (lock token %s; another worker took it after "
+            "lock_ttl), so it was not %s by this worker: %s",
             event.event_id,
+            token,
+            what,
             error,
-            extra=observability.log_extra(event_id=event.event_id, aggregate_id=event.aggregate_id),
+            extra={**extra, "lock_token": str(token)},
         )
 
     def retry_delay(self, attempt: int) -> float:
@@ -537,19 +566,21 @@ class InboxWorker:
         attempt = event.delivery_attempts
         self.stats.failed += 1
         self.metrics.failed(event.event_type)
-        extra = observability.log_extra(
-            event_id=event.event_id,
-            aggregate_id=event.aggregate_id,
-            attempt=attempt,
+        extra = self._extra(
+            event,
             latency_ms=latency_ms,
+            lag_ms=(models.utcnow() - event.created_at).total_seconds() * 1000.0,
+            error=error,
         )
         if attempt >= self.settings.max_attempts:
             changed = await self.repository.mark_dead(
                 self.consumer, event.event_id, token, f"{error} (dead after {attempt} attempts)"
             )
-            if changed:
-                self.stats.dead += 1
-                self.metrics.dead_lettered(event.event_type)
+            if not changed:
+                self._lease_lost(token, event, "parked as dead", error, extra)
+                return
+            self.stats.dead += 1
+            self.metrics.dead_lettered(event.event_type)
             self.logger.error(
                 "inbox event %s dead after %d attempts: %s",
                 event.event_id,
@@ -559,14 +590,17 @@ class InboxWorker:
             )
             return
         delay = self.retry_delay(attempt)
-        heapq.heappush(self._retries_due, time.monotonic() + delay)
-        await self.repository.record_error(
+        changed = await self.repository.record_error(
             self.consumer,
             event.event_id,
             token,
             models.utcnow() + dt.timedelta(seconds=delay),
             error,
         )
+        if not changed:
+            self._lease_lost(token, event, "rescheduled", error, extra)
+            return
+        heapq.heappush(self._retries_due, time.monotonic() + delay)
         self.logger.warning(
             "inbox event %s failed (attempt %d), retrying in %.1fs: %s",
             event.event_id,

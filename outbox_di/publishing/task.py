@@ -242,6 +242,8 @@ class PublisherTask:
             return 0
         claim = _Claim(token, [event.event_id for event in events])
         self._claims[number] = claim
+        # Once per batch: with DEBUG off, per-event logging costs nothing more than this.
+        debug = self.logger.isEnabledFor(logging.DEBUG)
         started = time.perf_counter()
         outcomes = await self._publish(events)
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -264,17 +266,21 @@ class PublisherTask:
                 lost = len(published) - changed
                 self.stats.lease_lost += lost
                 self.logger.warning(
-                    "outbox publisher %d: lease lost on %d of %d published events (another "
-                    "worker took them after lock_ttl); they may be published twice",
+                    "outbox publisher %d: lease lost on %d of %d published events (lock token "
+                    "%s; another worker took them after lock_ttl); they may be published twice",
                     number,
                     lost,
                     len(published),
+                    token,
+                    extra=observability.log_extra(lock_token=str(token)),
                 )
             self._record_success(published, latency_ms, acked_at)
+            if debug:
+                self._log_published(published, latency_ms, acked_at)
             if self._tracer is not None:
                 self._trace(published, outcomes_by_id, latency_ms)
         if failed:
-            await self._handle_failures(number, token, failed, acked_at)
+            await self._handle_failures(number, token, failed, acked_at, latency_ms)
         self._claims.pop(number, None)
         return len(events)
 
@@ -308,6 +314,29 @@ class PublisherTask:
             self.metrics.published(event_type, count)
             self.metrics.record_latency(latency_ms, event_type)
 
+    def _log_published(
+        self, published: Sequence[models.OutboxEvent], latency_ms: float, acked_at: dt.datetime
+    ) -> None:
+        """One DEBUG record per published event (called only when DEBUG is enabled)."""
+        for event in published:
+            lag_ms = (acked_at - event.created_at).total_seconds() * 1000.0
+            self.logger.debug(
+                "outbox event %s published (attempt %d): publish call %.1f ms, %.1f ms after "
+                "it was enqueued",
+                event.event_id,
+                event.delivery_attempts,
+                latency_ms,
+                lag_ms,
+                extra=observability.log_extra(
+                    event_id=str(event.event_id),
+                    aggregate_id=event.aggregate_id,
+                    event_type=event.event_type,
+                    attempt=event.delivery_attempts,
+                    latency_ms=latency_ms,
+                    lag_ms=lag_ms,
+                ),
+            )
+
     def _trace(
         self,
         published: Sequence[models.OutboxEvent],
@@ -339,6 +368,7 @@ class PublisherTask:
         token: uuid.UUID,
         failed: Sequence[tuple[models.OutboxEvent, base.PublishOutcome]],
         now: dt.datetime,
+        latency_ms: float,
     ) -> None:
         retries: list[tuple[uuid.UUID, dt.datetime, str]] = []
         for event, outcome in failed:
@@ -346,24 +376,31 @@ class PublisherTask:
             attempt = event.delivery_attempts
             self.stats.failed += 1
             self.metrics.failed(event.event_type)
+            extra = observability.log_extra(
+                event_id=str(event.event_id),
+                aggregate_id=event.aggregate_id,
+                event_type=event.event_type,
+                attempt=attempt,
+                latency_ms=latency_ms,
+                lag_ms=(now - event.created_at).total_seconds() * 1000.0,
+                error=error,
+            )
             if outcome.permanent or attempt >= self.settings.max_attempts:
                 reason = "permanent error" if outcome.permanent else f"{attempt} attempts"
                 changed = await self.repository.mark_dead(
                     event.event_id, token, f"{error} (dead after {reason})"
                 )
-                if changed:
-                    self.stats.dead += 1
-                    self.metrics.dead_lettered(event.event_type)
+                if not changed:
+                    self._lease_lost(token, event.event_id, "dead-lettered", error, extra)
+                    continue
+                self.stats.dead += 1
+                self.metrics.dead_lettered(event.event_type)
                 self.logger.error(
                     "outbox event %s dead-lettered after %s: %s",
                     event.event_id,
                     reason,
                     error,
-                    extra=observability.log_extra(
-                        event_id=str(event.event_id),
-                        aggregate_id=event.aggregate_id,
-                        attempt=attempt,
-                    ),
+                    extra=extra,
                 )
                 continue
             delay = backoff.retry_delay(
@@ -381,12 +418,70 @@ class PublisherTask:
                 attempt,
                 delay,
                 error,
-                extra=observability.log_extra(
-                    event_id=str(event.event_id), aggregate_id=event.aggregate_id, attempt=attempt
-                ),
+                extra=extra,
             )
         if retries:
-            await self.repository.reschedule_many(token, retries)
+            changed = await self.repository.reschedule_many(token, retries)
+            if changed < len(retries):
+                await self._reschedules_lost(number, token, retries, changed)
+
+    def _lease_lost(
+        self,
+        token: uuid.UUID,
+        event_id: uuid.UUID,
+        what: str,
+        error: str | None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """A fenced statement about one event changed nothing: count it and say so."""
+        self.stats.lease_lost += 1
+        fields = dict(extra) if extra else observability.log_extra(event_id=str(event_id))
+        fields["lock_token"] = str(token)
+        self.logger.warning(
+            "outbox event %s: lease lost (lock token %s; another worker took it after "
+            "lock_ttl), so it was not %s by this worker%s",
+            event_id,
+            token,
+            what,
+            f": {error}" if error else "",
+            extra=fields,
+        )
+
+    async def _reschedules_lost(
+        self,
+        number: int,
+        token: uuid.UUID,
+        retries: Sequence[tuple[uuid.UUID, dt.datetime, str]],
+        changed: int,
+    ) -> None:
+        """``reschedule_many`` changed fewer rows than asked: find which (a rare path, one
+        read per rescheduled event) and log each. A row this worker rescheduled carries its
+        ``available_at`` and ``last_error``; another worker's row does not."""
+        lost = len(retries) - changed
+        if len(retries) == 1:
+            self._lease_lost(token, retries[0][0], "rescheduled", retries[0][2])
+            return
+        found: list[tuple[uuid.UUID, str]] = []
+        try:
+            for event_id, next_at, error in retries:
+                row = await self.repository.get(event_id)
+                if row is None or row.available_at != next_at or row.last_error != error:
+                    found.append((event_id, error))
+        except errors.DatabaseError:
+            found = []
+        for event_id, error in found[:lost]:
+            self._lease_lost(token, event_id, "rescheduled", error)
+        if len(found) < lost:  # the rest could not be told apart (or the read failed)
+            self.stats.lease_lost += lost - len(found)
+            self.logger.warning(
+                "outbox publisher %d: lease lost on %d of %d rescheduled events (lock token "
+                "%s; another worker took them after lock_ttl)",
+                number,
+                lost - len(found),
+                len(retries),
+                token,
+                extra=observability.log_extra(lock_token=str(token)),
+            )
 
     # -- helpers ---------------------------------------------------------------------------
 
