@@ -203,3 +203,55 @@ async def test_concurrent_ordered_claimers_keep_each_key_in_order_one_event_at_a
         assert published[key] == sorted(published[key])
         assert len(published[key]) == 12
     assert await ordered.count_pending() == 0
+
+
+def _rows_read(node: dict[str, Any]) -> int:
+    """Rows returned by the index scans of a JSON plan, summed over their loops."""
+    own = 0
+    if node["Node Type"] in ("Index Scan", "Index Only Scan"):
+        own = int(node["Actual Rows"]) * int(node["Actual Loops"])
+    return own + sum(_rows_read(child) for child in node.get("Plans", []))
+
+
+def test_the_ordered_claim_reads_no_more_rows_with_a_deeper_backlog(
+    outbox_dsn: str, outbox_schema: str
+) -> None:
+    """The rows the claim's index scans return do not grow with the rows behind a stuck head."""
+    quoted = schema.quote_ident(outbox_schema)
+    claim = schema.Queries(outbox_schema)["outbox_claim_ordered"].sql
+    now = models.utcnow()
+    values = {
+        "now": now,
+        "stale_before": now - TTL,
+        "limit": 50,
+        "lock_token": str(uuid.uuid4()),
+        "after_key": None,
+    }
+    read: list[int] = []
+    with database.connect(outbox_dsn) as conn:
+        for behind in (100, 5000):
+            with conn, conn.cursor() as cursor:
+                cursor.execute(f"TRUNCATE {quoted}.outbox_events")
+                for key, rows in (("'a-stuck'", behind), ("'k' || (g % 20)", 200)):
+                    cursor.execute(
+                        # the schema name is validated and quoted by schema.quote_ident
+                        f"INSERT INTO {quoted}.outbox_events (event_id, aggregate_type,"  # noqa: S608
+                        " aggregate_id, event_type, payload, ordering_key, available_at)"
+                        f" SELECT gen_random_uuid(), 'item', 'x', 'item.changed', '\\x00', {key},"
+                        " now() - interval '1 hour' + g * interval '1 ms'"
+                        f" FROM generate_series(1, {int(rows)}) g"
+                    )
+                cursor.execute(
+                    f"UPDATE {quoted}.outbox_events SET locked_at = now(),"  # noqa: S608
+                    " lock_token = gen_random_uuid()"
+                    f" WHERE seq = (SELECT min(seq) FROM {quoted}.outbox_events)"
+                )
+            with conn, conn.cursor() as cursor:
+                cursor.execute(f"ANALYZE {quoted}.outbox_events")
+            with conn.cursor() as cursor:
+                cursor.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+                cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + claim, values)
+                plan = cursor.fetchone()[0][0]["Plan"]
+            conn.rollback()  # EXPLAIN ANALYZE ran the update
+            read.append(_rows_read(plan))
+    assert read[1] <= read[0] + 5, read
