@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gc
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -638,3 +639,137 @@ async def test_a_worker_loop_outlives_an_unexpected_error(
         await _until(lambda: worker.stats.processed == 1)
     assert flaky.failed and worker.stats.outages == 1
     assert (await _stored(flaky, event_id)).status is models.InboxStatus.PROCESSED
+
+
+def _field(record: logging.LogRecord, name: str) -> Any:
+    """A structured field of a log record (what ``extra=`` set)."""
+    return record.__dict__[name]
+
+
+def _records_of(caplog: pytest.LogCaptureFixture, event_id: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.__dict__.get("event_id") == event_id]
+
+
+async def test_handled_retried_dead_and_parked_events_are_logged_with_their_fields(
+    inbox_repository: repository.InboxRepository,
+    outbox_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="outbox_di")
+    [flaky, doomed, unknown] = await _record(
+        inbox_repository,
+        _message(aggregate_id="flaky"),
+        _message(aggregate_id="doomed"),
+        _message("order.unknown", aggregate_id="lost"),
+    )
+    calls: dict[str, int] = {}
+
+    async def handle(event: models.InboxEvent) -> None:
+        calls[event.aggregate_id] = calls.get(event.aggregate_id, 0) + 1
+        await asyncio.sleep(0.005)
+        if event.aggregate_id == "doomed" or calls[event.aggregate_id] < 2:
+            raise RuntimeError(f"boom {calls[event.aggregate_id]}")
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    worker = _worker(
+        inbox_repository,
+        outbox_dsn,
+        {"order.placed": handle},
+        max_attempts=2,
+        meter=provider.get_meter("test"),
+    )
+    async with worker:
+        await _until(lambda: worker.stats.processed == 1 and worker.stats.dead == 2)
+
+    def common(record: logging.LogRecord, aggregate_id: str, attempt: int) -> None:
+        assert _field(record, "consumer") == CONSUMER
+        assert _field(record, "aggregate_id") == aggregate_id
+        assert _field(record, "attempt") == attempt
+
+    failure, success = _records_of(caplog, flaky)
+    assert (failure.levelno, success.levelno) == (logging.WARNING, logging.DEBUG)
+    for record, attempt in ((failure, 1), (success, 2)):
+        common(record, "flaky", attempt)
+        assert _field(record, "event_type") == "order.placed"
+        latency_ms, lag_ms = _field(record, "latency_ms"), _field(record, "lag_ms")
+        assert isinstance(latency_ms, float) and 5.0 <= latency_ms < 5_000.0
+        assert isinstance(lag_ms, float) and latency_ms <= lag_ms < 60_000.0
+    assert _field(failure, "error") == "RuntimeError: boom 1"
+    assert _field(success, "lag_ms") > _field(failure, "lag_ms")
+    assert "handled in" in success.getMessage()
+
+    retried, dead = _records_of(caplog, doomed)
+    assert (retried.levelno, dead.levelno) == (logging.WARNING, logging.ERROR)
+    common(retried, "doomed", 1)
+    common(dead, "doomed", 2)
+    assert _field(dead, "error") == "RuntimeError: boom 2"
+    assert f"inbox event {doomed} dead after 2 attempts" in dead.getMessage()
+
+    [parked] = _records_of(caplog, unknown)
+    assert parked.levelno == logging.ERROR
+    common(parked, "lost", 1)
+    assert _field(parked, "event_type") == "order.unknown"
+    assert _field(parked, "error") == "no handler registered for event type 'order.unknown'"
+
+    dead_points = metric_points(reader)[observability.INBOX_DEAD]
+    by_type = {dict(p.attributes)["event_type"]: p.value for p in dead_points}
+    assert by_type == {"order.placed": 1, "order.unknown": 1}
+    assert worker.stats.lease_lost == 0
+    provider.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("max_attempts", "what"), [(3, "rescheduled"), (1, "parked as dead")], ids=["retry", "dead"]
+)
+async def test_a_lost_lease_on_record_error_or_dead_is_logged_and_counted(
+    outbox_pool: Any,
+    inbox_repository: repository.InboxRepository,
+    outbox_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+    max_attempts: int,
+    what: str,
+) -> None:
+    caplog.set_level(logging.INFO, logger="outbox_di")
+    schema = inbox_repository.schema
+    [event_id] = await _record(inbox_repository, _message())
+    thief = uuid.uuid4()
+
+    async def handle(event: models.InboxEvent) -> None:
+        # Another worker takes the lease meanwhile (as after lock_ttl), then the handler fails.
+        async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
+            await cursor.execute(
+                _in_schema(
+                    "UPDATE {}.inbox_events SET lock_token = %s WHERE event_id = %s", schema
+                ),
+                (str(thief), event.event_id),
+            )
+        raise ValueError("refused")
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    worker = _worker(
+        inbox_repository,
+        outbox_dsn,
+        {"order.placed": handle},
+        workers=1,
+        max_attempts=max_attempts,
+        meter=provider.get_meter("t"),
+    )
+    async with worker:
+        await _until(lambda: worker.stats.lease_lost == 1)
+    assert worker.stats.failed == 1 and worker.stats.dead == 0
+    [warning] = _records_of(caplog, event_id)
+    assert warning.levelno == logging.WARNING
+    assert _field(warning, "consumer") == CONSUMER
+    assert _field(warning, "attempt") == 1
+    assert _field(warning, "error") == "ValueError: refused"
+    token = _field(warning, "lock_token")
+    assert token != str(thief) and str(token) in warning.getMessage()
+    assert f"lease lost (lock token {token}" in warning.getMessage()
+    assert f"not {what} by this worker" in warning.getMessage()
+    assert observability.INBOX_DEAD not in metric_points(reader)
+    stored = await _stored(inbox_repository, event_id)
+    assert stored.status is models.InboxStatus.PENDING
+    assert stored.lock_token == thief and stored.last_error is None
+    provider.shutdown()

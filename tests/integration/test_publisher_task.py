@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -11,8 +12,9 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from psycopg2 import sql
 
-from outbox_di import config, database, models, repository
+from outbox_di import config, database, models, observability, repository
 from outbox_di.publishing import base
 from outbox_di.publishing.task import PublisherTask
 from outbox_di.testing.publisher_suite import metric_points
@@ -339,4 +341,211 @@ async def test_enqueue_captures_the_trace_and_publish_spans_link_to_it(
     linked = by_event[str(traced)]
     assert [link.context.trace_id for link in linked.links] == [context.trace_id]
     assert list(by_event[str(untraced)].links) == []
+    provider.shutdown()
+
+
+def _field(record: logging.LogRecord, name: str) -> Any:
+    """A structured field of a log record (what ``extra=`` set)."""
+    return record.__dict__[name]
+
+
+def _records_of(caplog: pytest.LogCaptureFixture, event_id: uuid.UUID) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.__dict__.get("event_id") == str(event_id)]
+
+
+def _assert_timings(record: logging.LogRecord) -> None:
+    latency_ms: Any = _field(record, "latency_ms")
+    lag_ms: Any = _field(record, "lag_ms")
+    assert isinstance(latency_ms, float) and 0.0 <= latency_ms < 5_000.0
+    assert isinstance(lag_ms, float) and 0.0 <= lag_ms < 60_000.0
+
+
+async def test_published_retried_and_dead_events_are_logged_with_their_fields(
+    outbox_pool: Any,
+    outbox_repository: repository.OutboxRepository,
+    outbox_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="outbox_di")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    sink = base.InMemoryPublisher()
+    cfg = _config(outbox_repository.schema, outbox_dsn, workers=1, max_attempts=2)
+    async with PublisherTask(
+        cfg, outbox_repository, sink, meter=provider.get_meter("test")
+    ) as task:
+        sink.fail_next(1, "broker said no")
+        [retried] = await _enqueue(outbox_pool, outbox_repository, 1, key="r")
+        await _until(lambda: task.stats.published == 1)
+        sink.fail_next(2, "unavailable")
+        [doomed] = await _enqueue(outbox_pool, outbox_repository, 1, key="d")
+        await _until(lambda: task.stats.dead == 1)
+        sink.fail_next(1, "message too large", permanent=True)
+        [refused] = await _enqueue(outbox_pool, outbox_repository, 1, key="p")
+        await _until(lambda: task.stats.dead == 2)
+
+    # A failure, then the publish: WARNING with the error, then DEBUG with the timings.
+    failure, success = _records_of(caplog, retried)
+    assert (failure.levelno, success.levelno) == (logging.WARNING, logging.DEBUG)
+    for record, attempt in ((failure, 1), (success, 2)):
+        assert _field(record, "aggregate_id") == "r-0"
+        assert _field(record, "event_type") == "item.created"
+        assert _field(record, "attempt") == attempt
+        _assert_timings(record)
+    assert _field(failure, "error") == "broker said no"
+    assert _field(success, "lag_ms") >= _field(failure, "lag_ms")
+    assert f"outbox event {retried} published (attempt 2)" in success.getMessage()
+
+    # Retried once, then dead after max_attempts: WARNING, then ERROR, both with the error.
+    first, last = _records_of(caplog, doomed)
+    assert (first.levelno, last.levelno) == (logging.WARNING, logging.ERROR)
+    assert [_field(first, "attempt"), _field(last, "attempt")] == [1, 2]
+    assert _field(first, "error") == _field(last, "error") == "unavailable"
+    assert f"outbox event {doomed} dead-lettered after 2 attempts" in last.getMessage()
+    _assert_timings(last)
+
+    # A permanent error: dead at once, on its first attempt.
+    [at_once] = _records_of(caplog, refused)
+    assert at_once.levelno == logging.ERROR
+    assert _field(at_once, "attempt") == 1
+    assert _field(at_once, "aggregate_id") == "p-0"
+    assert _field(at_once, "error") == "message too large"
+
+    dead = metric_points(reader)[observability.OUTBOX_DEAD]
+    assert sum(point.value for point in dead) == 2
+    assert {tuple(sorted(point.attributes.items())) for point in dead} == {
+        (("event_type", "item.created"), ("schema", outbox_repository.schema))
+    }
+    assert task.stats.lease_lost == 0
+    provider.shutdown()
+
+
+class _DebugProbe(logging.Logger):
+    """A logger that counts how often it is asked whether DEBUG is enabled."""
+
+    debug_checks = 0
+
+    def isEnabledFor(self, level: int) -> bool:
+        if level == logging.DEBUG:
+            self.debug_checks += 1
+        return super().isEnabledFor(level)
+
+
+async def test_with_debug_off_the_per_event_log_costs_one_check_per_batch(
+    outbox_pool: Any,
+    outbox_repository: repository.OutboxRepository,
+    outbox_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    probe = _DebugProbe("outbox_di.test_probe", level=logging.INFO)
+    probe.addHandler(caplog.handler)
+    await _enqueue(outbox_pool, outbox_repository, 300)
+    sink = base.InMemoryPublisher()
+    cfg = _config(outbox_repository.schema, outbox_dsn, workers=1, batch_size=50)
+    async with PublisherTask(cfg, outbox_repository, sink, logger=probe) as task:
+        await _until(lambda: task.stats.published == 300)
+    assert task.stats.batches == 6
+    assert probe.debug_checks == task.stats.batches
+    assert not [r for r in caplog.records if r.name == probe.name]
+
+
+class _LeaseThief(base.InMemoryPublisher):
+    """On its first call, another worker takes the lease of the events ``steal`` picks (as
+    after lock_ttl) while the publish fails for the whole batch; later calls publish."""
+
+    def __init__(
+        self, pool: Any, schema: str, steal: Callable[[models.OutboxEvent], bool], **fail: Any
+    ) -> None:
+        super().__init__()
+        self.pool = pool
+        self.schema = schema
+        self.steal = steal
+        self.fail = fail
+        self.thief = uuid.uuid4()
+        self.stolen: list[uuid.UUID] = []
+        self.calls = 0
+
+    async def publish(self, events: Any) -> Any:
+        self.calls += 1
+        if self.calls > 1:
+            return await super().publish(events)
+        self.stolen = [e.event_id for e in events if self.steal(e)]
+        statement = sql.SQL(
+            "UPDATE {}.outbox_events SET lock_token = %s WHERE event_id = ANY(%s::uuid[])"
+        ).format(sql.Identifier(self.schema))
+        async with self.pool.acquire() as conn, conn.cursor() as cursor:
+            await cursor.execute(statement, (str(self.thief), [str(i) for i in self.stolen]))
+        return [base.PublishOutcome(**self.fail) for _ in events]
+
+
+def _lease_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and hasattr(r, "lock_token") and "lease lost" in r.msg
+    ]
+
+
+async def test_a_lost_lease_on_reschedule_is_logged_with_the_event_and_counted(
+    outbox_pool: Any,
+    outbox_repository: repository.OutboxRepository,
+    outbox_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="outbox_di")
+    ids = await _enqueue(outbox_pool, outbox_repository, 3)
+    thief = _LeaseThief(
+        outbox_pool,
+        outbox_repository.schema,
+        lambda event: event.aggregate_id == "a-1",
+        error="broker said no",
+    )
+    cfg = _config(outbox_repository.schema, outbox_dsn, workers=1)
+    async with PublisherTask(cfg, outbox_repository, thief) as task:
+        # The two rows still leased to the task are rescheduled and then published.
+        await _until(lambda: task.stats.published == 2)
+    [stolen] = thief.stolen
+    assert stolen == ids[1]
+    assert task.stats.lease_lost == 1
+    [warning] = _lease_warnings(caplog)
+    assert _field(warning, "event_id") == str(stolen)
+    lock_token: Any = _field(warning, "lock_token")
+    assert str(lock_token) in warning.getMessage()
+    assert lock_token != str(thief.thief)
+    assert "not rescheduled by this worker: broker said no" in warning.getMessage()
+    row = await outbox_repository.get(stolen)
+    assert row is not None and row.lock_token == thief.thief and row.last_error is None
+
+
+async def test_a_lost_lease_on_dead_letter_is_logged_and_counted_not_dead(
+    outbox_pool: Any,
+    outbox_repository: repository.OutboxRepository,
+    outbox_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="outbox_di")
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    [event_id] = await _enqueue(outbox_pool, outbox_repository, 1)
+    thief = _LeaseThief(
+        outbox_pool,
+        outbox_repository.schema,
+        lambda event: True,
+        error="message too large",
+        permanent=True,
+    )
+    cfg = _config(outbox_repository.schema, outbox_dsn, workers=1)
+    async with PublisherTask(cfg, outbox_repository, thief, meter=provider.get_meter("t")) as task:
+        await _until(lambda: task.stats.lease_lost == 1)
+    assert task.stats.dead == 0 and task.stats.failed == 1
+    [warning] = _lease_warnings(caplog)
+    assert _field(warning, "event_id") == str(event_id)
+    assert _field(warning, "attempt") == 1
+    assert _field(warning, "error") == "message too large"
+    assert str(_field(warning, "lock_token")) in warning.getMessage()
+    assert "not dead-lettered by this worker" in warning.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert observability.OUTBOX_DEAD not in metric_points(reader)
+    row = await outbox_repository.get(event_id)
+    assert row is not None and row.status is models.OutboxStatus.PENDING
     provider.shutdown()
