@@ -65,8 +65,7 @@ class Bench:
         self.schemas = {LIBRARY: with_notify, RAW: with_notify, RAW_NO_NOTIFY: without_notify}
         self.repo = repository.OutboxRepository(pool, with_notify)
         self.counters = {
-            name: repository.OutboxRepository(pool, name)
-            for name in (with_notify, without_notify)
+            name: repository.OutboxRepository(pool, name) for name in (with_notify, without_notify)
         }
         self.insert_sql = {
             name: (
@@ -105,9 +104,7 @@ class Bench:
             messages = []
             for _ in range(BATCH):
                 n = next(self._ids)
-                messages.append(
-                    models.Message("order", f"order-{n}", "order.created", _payload(n))
-                )
+                messages.append(models.Message("order", f"order-{n}", "order.created", _payload(n)))
             await self.repo.enqueue_many(cursor, messages)
         return BATCH
 
