@@ -484,6 +484,8 @@ WHERE consumer = %(consumer)s AND status = 'pending';
 
 -- name: outbox_status
 -- Operator view (`outbox-di status`): counts per event type; in flight = pending with a live lease.
+-- "status = 'pending' OR status = 'dead'", not IN (...): the OR lets the planner combine the
+-- due and dead partial indexes instead of reading every published row.
 SELECT CAST(NULL AS text) AS consumer,
        event_type,
        count(*) FILTER (WHERE status = 'pending') AS pending,
@@ -497,7 +499,7 @@ SELECT CAST(NULL AS text) AS consumer,
        count(*) FILTER (WHERE status = 'dead') AS dead,
        min(created_at) FILTER (WHERE status = 'pending') AS oldest_pending
 FROM {{schema}}.outbox_events
-WHERE status IN ('pending', 'dead')
+WHERE status = 'pending' OR status = 'dead'
 GROUP BY event_type
 ORDER BY event_type;
 
@@ -515,7 +517,7 @@ SELECT consumer,
        count(*) FILTER (WHERE status = 'dead') AS dead,
        min(created_at) FILTER (WHERE status = 'pending') AS oldest_pending
 FROM {{schema}}.inbox_events
-WHERE status IN ('pending', 'dead')
+WHERE status = 'pending' OR status = 'dead'
 GROUP BY consumer, event_type
 ORDER BY consumer, event_type;
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from outbox_di import cli, models, repository
+from outbox_di import cli, models, repository, schema
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +176,48 @@ async def test_inbox_purge(
     code, out = _run(capsys, "purge", *base, "--older-than", "7d")
     assert (code, out.strip()) == (0, "purged 2 processed inbox row(s) older than 7d")
     assert await inbox_repository.get("b", "p2") is not None
+
+
+@pytest.mark.parametrize(
+    ("query", "values"),
+    [
+        ("outbox_status", {"stale_before": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)}),
+        ("inbox_status", {"stale_before": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)}),
+        ("outbox_dead_list", {"event_type": None, "limit": 100}),
+        ("inbox_dead_list", {"event_type": None, "limit": 100}),
+        ("outbox_dead_retry", {"all": True, "event_type": None, "event_ids": []}),
+        ("inbox_dead_retry", {"all": True, "event_type": None, "event_ids": []}),
+        ("outbox_dead_discard", {"all": True, "event_type": None, "event_ids": []}),
+        ("inbox_dead_discard", {"all": True, "event_type": None, "event_ids": []}),
+    ],
+)
+async def test_operator_queries_read_the_dead_and_pending_rows_by_index(
+    outbox_pool: Any,
+    outbox_repository: repository.OutboxRepository,
+    inbox_repository: repository.InboxRepository,
+    query: str,
+    values: dict[str, object],
+) -> None:
+    """Version 2's dead-row indexes: status, dead list, retry and discard do not read the
+    published (or processed) rows, however many there are. With sequential scans priced out,
+    a query that no index can answer still scans the table, and the plan shows it."""
+    await _seed(outbox_pool, outbox_repository)
+    await inbox_repository.record_dead(
+        "billing", models.ReceivedMessage("in-dead", "order.paid", b"{}"), "no handler"
+    )
+    queries = schema.Queries(outbox_repository.schema)
+    table = query.split("_", 1)[0] + "_events"
+    async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
+        await cursor.execute("SET enable_seqscan = off")
+        await cursor.execute("EXPLAIN (FORMAT JSON) " + queries[query].sql, values)
+        [[plan]] = await cursor.fetchall()
+        await cursor.execute("RESET enable_seqscan")
+
+    def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+        return [node, *(n for child in node.get("Plans", ()) for n in nodes(child))]
+
+    scans = [n for n in nodes(plan[0]["Plan"]) if n.get("Relation Name") == table]
+    assert scans, f"{query} does not read {table}"
+    assert not [n for n in scans if n["Node Type"] == "Seq Scan"], json.dumps(plan, indent=1)
+    used = {n.get("Index Name") for n in nodes(plan[0]["Plan"])}
+    assert f"{table}_dead_idx" in used, json.dumps(plan, indent=1)

@@ -11,14 +11,19 @@ from hypothesis import strategies as st
 from outbox_di.redaction import MASK, redact_dsn
 
 # Passwords of printable characters, at least 4 long so that "not in the output" means something.
+# What the DSNs below hold besides the password: a password found there proves nothing.
+_AROUND = "postgresql://orders@db.internal:5432/orders?sslmode=require host= dbname= password"
+
 passwords = st.text(
     alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="\\"),
     min_size=4,
     max_size=30,
-).filter(lambda p: MASK not in p and "orders" not in p and "db.internal" not in p)
+).filter(
+    lambda p: MASK not in p and "orders" not in p and "db.internal" not in p and p not in _AROUND
+)
 
 
-@settings(max_examples=200, derandomize=True, database=None)
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
 @given(password=passwords)
 def test_a_url_password_is_masked(password: str) -> None:
     quoted = urllib.parse.quote(password, safe="")
@@ -33,7 +38,7 @@ def test_a_url_password_is_masked(password: str) -> None:
         assert "db.internal" in redacted and "orders" in redacted
 
 
-@settings(max_examples=200, derandomize=True, database=None)
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
 @given(password=passwords)
 def test_a_key_value_password_is_masked(password: str) -> None:
     literal = "'" + password.replace("'", "''") + "'"
