@@ -255,3 +255,44 @@ def test_the_ordered_claim_reads_no_more_rows_with_a_deeper_backlog(
             conn.rollback()  # EXPLAIN ANALYZE ran the update
             read.append(_rows_read(plan))
     assert read[1] <= read[0] + 5, read
+
+
+async def test_the_relay_sessions_never_compile_the_claim_with_jit(
+    outbox_dsn: str, outbox_pool: Any, outbox_repository: repository.OutboxRepository
+) -> None:
+    """With JIT on and its threshold at 0, a plain session compiles the ordered claim; the
+    relay's own sessions (``database.RELAY_SETTINGS``) do not."""
+    await _enqueue(outbox_pool, outbox_repository, *(_message(None, n) for n in range(50)))
+    claim = schema.Queries(outbox_repository.schema)["outbox_claim_ordered"].sql
+    now = models.utcnow()
+    values = {
+        "now": now,
+        "stale_before": now - TTL,
+        "limit": 10,
+        "lock_token": str(uuid.uuid4()),
+        "after_key": None,
+    }
+
+    async def jit_of(pool: Any) -> Any:
+        async with pool.acquire() as conn, conn.cursor() as cursor:
+            await cursor.execute("SET jit_above_cost = 0")
+            await cursor.execute("BEGIN")
+            try:
+                await cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + claim, values)
+                [[plan]] = await cursor.fetchall()
+            finally:
+                await cursor.execute("ROLLBACK")
+                await cursor.execute("RESET jit_above_cost")
+            return plan[0].get("JIT")
+
+    async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
+        # False where the server has no JIT provider (or a default of jit = off).
+        await cursor.execute("SELECT pg_jit_available()")
+        [[available]] = await cursor.fetchall()
+    if not available:
+        pytest.skip("this PostgreSQL has no JIT to turn off")
+    assert await jit_of(outbox_pool) is not None
+    async with database.open_pool(
+        outbox_dsn, min_size=1, max_size=1, settings=database.RELAY_SETTINGS
+    ) as relay_pool:
+        assert await jit_of(relay_pool) is None
