@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from outbox_di import database, errors
+from outbox_di import database, errors, schema
 from outbox_di.testing import postgres
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def test_embedded_server_starts_migrates_and_stops() -> None:
         assert postgres.answers(server.dsn)
         with database.connect(server.dsn) as conn:
             database.migrate(conn, "catalog")
-            assert database.schema_version(conn, "catalog") == 1
+            assert database.schema_version(conn, "catalog") == schema.SCHEMA_VERSION
             assert database.check(conn, "catalog") == ([], [])
         dsn = server.dsn
     assert not postgres.answers(dsn, timeout=1)
