@@ -35,6 +35,17 @@ _SETTINGS_HELP = (
 )
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``--limit``, ``--batch-size``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settings", action="append", metavar="FILE", dest="settings", help=_SETTINGS_HELP
@@ -127,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schema_dsn(dead_list)
     _add_table(dead_list)
     dead_list.add_argument("--event-type", help="only this event type")
-    dead_list.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    dead_list.add_argument(
+        "--limit", type=_positive_int, default=100, help="at most this many (100)"
+    )
     dead_list.add_argument("--json", action="store_true", help="machine-readable output")
     for action, text in (
         ("retry", "make dead events pending again (attempts reset)"),
@@ -148,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schema_dsn(purge)
     _add_table(purge)
     purge.add_argument("--older-than", required=True, help="a duration: 7d, 12h, 30m")
-    purge.add_argument("--batch-size", type=int, default=1000, help="rows per batch (1000)")
+    purge.add_argument(
+        "--batch-size", type=_positive_int, default=1000, help="rows per batch (1000)"
+    )
     purge.add_argument("--json", action="store_true", help="machine-readable output")
 
     worker = commands.add_parser(
@@ -228,8 +243,10 @@ def _setting(args: argparse.Namespace, key: str, flag: str, *, alternative: str 
         return value
     files = ", ".join(_settings_files(args)) or "none found"
     if value is not None:
+        # A DSN is never echoed, even of the wrong type: it may hold a password.
+        shown = f"a {type(value).__name__}" if key == "dsn" else repr(value)
         raise UsageError(
-            f"{key} in the outbox settings must be a non-empty string, got {value!r} (from "
+            f"{key} in the outbox settings must be a non-empty string, got {shown} (from "
             f"${_ENV_PREFIX}{key.upper()} or the settings files: {files}); fix it or give {flag}"
         )
     raise UsageError(
@@ -302,8 +319,14 @@ def _check(args: argparse.Namespace) -> int:
     if args.file:
         texts = []
         for path in args.file:
-            with open(path, encoding="utf-8") as handle:
-                texts.append(handle.read())
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    texts.append(handle.read())
+            except UnicodeDecodeError as exc:
+                raise UsageError(
+                    f"--file {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); give the "
+                    "SQL file written by `outbox-di render-ddl`"
+                ) from exc
         differences, extras = compare_file("\n;\n".join(texts), name, notify=args.notify)
         target = ", ".join(args.file)
     else:
@@ -360,9 +383,12 @@ def _age(seconds: float | None) -> str:
 
 def _duration(value: str, flag: str) -> float:
     try:
-        return config.parse_duration(value, flag)
+        seconds = config.parse_duration(value, flag)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if seconds <= 0:
+        raise UsageError(f"{flag}: must be a positive duration (30s, 5m, 7d), got {value!r}")
+    return seconds
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -406,7 +432,16 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters (and other unprintable ones) escaped, ``\\x1b`` for
+    ESC: event types, ids and errors come from other services and must not drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def _print_table(lines: Sequence[tuple[str, ...]]) -> None:
+    lines = [tuple(printable(cell) for cell in line) for line in lines]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for line in lines:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import psycopg2.extensions
 
-from outbox_di import errors, schema
+from outbox_di import errors, redaction, schema
 
 __all__ = [
     "BackoffConfig",
@@ -48,6 +48,9 @@ _DSN_FORMS = (
 _HOST_PORT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):\d{1,5}")
 _DURATION_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h|d)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_DURATION = 36500 * 86400.0
+"""The longest duration a key takes (100 years): longer ones overflow ``datetime.timedelta``."""
+_MAX_INT = 2**63 - 1
 _DURATION_FORMS = (
     "seconds as a number (30, 1.5) or a string with a unit ms, s, m, h or d "
     "('500ms', '30s', '1.5s', '5m', '2h', '7d')"
@@ -59,6 +62,8 @@ _SPEC_KEY = "outbox_di.config"
 
 def _describe(value: object) -> str:
     """Say what a wrong value is, in the words of a settings file rather than of Python."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an integer of {value.bit_length()} bits"  # repr() refuses past 4300 digits
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -85,7 +90,7 @@ def parse_duration(value: object, key: str) -> float:
     """
     seconds: float | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = _finite_float(value)
     elif isinstance(value, str):
         match = _DURATION_RE.fullmatch(value.strip())
         if match is not None:
@@ -93,6 +98,10 @@ def parse_duration(value: object, key: str) -> float:
             seconds = float(number) * _UNIT_SECONDS[unit or "s"]
     if seconds is None or not math.isfinite(seconds):
         raise ValueError(f"{key}: must be a duration: {_DURATION_FORMS}; got {_describe(value)}")
+    if abs(seconds) > MAX_DURATION:
+        raise ValueError(
+            f"{key}: must be a duration of at most 36500d (100 years), got {_describe(value)}"
+        )
     return seconds
 
 
@@ -113,10 +122,15 @@ def _as_bool(value: object, key: str) -> bool:
 
 
 def _as_int(value: object, key: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > _MAX_INT:
+            raise ValueError(
+                f"{key}: must be an integer between -(2**63) and 2**63 - 1, got one of "
+                f"{value.bit_length()} bits"
+            )
+        return value
     raise ValueError(f"{key}: must be an integer, got {_describe(value)}")
 
 
@@ -135,9 +149,20 @@ def _as_dsn(value: object, key: str) -> str:
     return normalize_dsn(_as_str(value, key))
 
 
+def _finite_float(value: float) -> float | None:
+    """``float(value)``, or None for what no float holds (an int past 1e308, inf, nan)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _as_float(value: object, key: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = _finite_float(value)
+        if number is not None:
+            return number
     raise ValueError(f"{key}: must be a finite number, got {_describe(value)}")
 
 
@@ -184,18 +209,24 @@ def _non_empty(value: Any, key: str) -> Iterator[str]:
         yield f"{key}: must not be empty"
 
 
+def _consumer_name(value: Any, key: str) -> Iterator[str]:
+    # Part of the inbox's primary key (consumer, event_id): a btree entry holds 2704 bytes.
+    if not value.strip():
+        yield f"{key}: must not be empty"
+    elif "\x00" in value or len(value.encode("utf-8", "surrogatepass")) > 255:
+        yield (
+            f"{key}: must be at most 255 bytes of UTF-8 without NUL characters (it is part of "
+            f"the inbox's primary key), got {len(value)} characters"
+        )
+
+
 def _libpq_reason(exc: Exception, dsn: str) -> str:
     """libpq's reason for refusing ``dsn``, unless it could show part of a password."""
     if _PASSWORD_VALUE_RE.search(dsn):
         # An unquoted password with a space is echoed in part: say nothing of the value.
         return "the reason is not shown, the string holds a password"
     reason = str(exc).strip().removeprefix("invalid dsn: ")
-    if "://" in dsn:
-        credentials = dsn.partition("://")[2].partition("/")[0].rpartition("@")[0]
-        password = credentials.partition(":")[2]
-        if password:
-            reason = reason.replace(password, "***")
-    return reason
+    return redaction.redact_text(reason, dsn)
 
 
 def _dsn(value: Any, key: str) -> Iterator[str]:
@@ -438,7 +469,7 @@ class InboxConfig:
 
     enabled: bool = _setting(False, _as_bool)
     # None means "the schema name": see consumer_name().
-    consumer: str | None = _setting(None, _as_str, _non_empty)
+    consumer: str | None = _setting(None, _as_str, _consumer_name)
     subscription: str | None = _setting(None, _as_str, _subscription)
     batch_size: int = _setting(100, _as_int, _between(1, 1000))
     workers: int = _setting(2, _as_int, _at_least(1))
@@ -502,6 +533,20 @@ class OutboxConfig:
         # A SQLAlchemy URL given in code (dataclasses.replace) is normalized as from_mapping does.
         if isinstance(self.dsn, str):
             object.__setattr__(self, "dsn", normalize_dsn(self.dsn))
+
+    def __repr__(self) -> str:
+        # The generated repr would show the DSN's password wherever a config is printed or
+        # logged; to_dict() keeps it (it must round-trip).
+        fields = ", ".join(
+            f"{field.name}="
+            + repr(
+                redaction.redact_dsn(self.dsn)
+                if field.name == "dsn" and isinstance(self.dsn, str)
+                else getattr(self, field.name)
+            )
+            for field in dataclasses.fields(self)
+        )
+        return f"OutboxConfig({fields})"
 
     @property
     def inbox_consumer(self) -> str:

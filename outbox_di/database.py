@@ -14,7 +14,7 @@ import aiopg
 import psycopg2
 import psycopg2.errors
 
-from outbox_di import errors, observability, schema
+from outbox_di import errors, observability, redaction, schema
 
 TABLES = ("outbox_schema_version", "outbox_events", "inbox_events")
 
@@ -69,9 +69,7 @@ async def open_pool(
             **kwargs,
         )
     except psycopg2.Error as exc:
-        raise errors.DatabaseError(
-            f"cannot connect to PostgreSQL ({_redact(dsn)}): {exc}".strip()
-        ) from exc
+        raise _connect_error(dsn, exc) from exc
     try:
         yield pool
     finally:
@@ -79,16 +77,12 @@ async def open_pool(
         await pool.wait_closed()
 
 
-def _redact(dsn: str) -> str:
-    """The DSN without its password, for error messages."""
-    if "://" in dsn and "@" in dsn:
-        head, _, tail = dsn.partition("://")
-        credentials, _, host = tail.rpartition("@")
-        user = credentials.partition(":")[0]
-        return f"{head}://{user}:***@{host}" if ":" in credentials else dsn
-    return " ".join(
-        "password=***" if part.startswith("password=") else part for part in dsn.split()
-    )
+def _connect_error(dsn: str, exc: Exception) -> errors.DatabaseError:
+    """The error of a failed connect: the DSN without its password, and the driver's reason
+    with any part of the password it quotes (a string libpq could not parse) masked too."""
+    reason = redaction.redact_text(str(exc).strip(), dsn)
+    shown = redaction.redact_dsn(dsn)
+    return errors.DatabaseError(f"cannot connect to PostgreSQL ({shown}): {reason}")
 
 
 @contextlib.contextmanager
@@ -99,9 +93,7 @@ def connect(dsn: str, *, connect_timeout: float = 10.0) -> Iterator[Any]:
             dsn, connect_timeout=max(1, round(connect_timeout)), application_name="outbox_di"
         )
     except psycopg2.Error as exc:
-        raise errors.DatabaseError(
-            f"cannot connect to PostgreSQL ({_redact(dsn)}): {exc}".strip()
-        ) from exc
+        raise _connect_error(dsn, exc) from exc
     try:
         yield conn
     finally:
@@ -478,7 +470,8 @@ async def require_schema(
 
 def migrate_command(dsn: str, schema_name: str) -> str:
     """The ``outbox-di migrate`` command line for ``schema_name``, the password redacted."""
-    return f"outbox-di migrate --dsn {shlex.quote(_redact(dsn))} --schema {schema_name}"
+    shown = shlex.quote(redaction.redact_dsn(dsn))
+    return f"outbox-di migrate --dsn {shown} --schema {schema_name}"
 
 
 def _not_ready(

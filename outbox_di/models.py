@@ -51,9 +51,84 @@ class Message:
     available_at: dt.datetime | None = None
     ordering_key: str | None = None
 
+    def __post_init__(self) -> None:
+        # What PostgreSQL cannot store (a NUL, a lone surrogate), what the relay would silently
+        # overwrite (a reserved header) and a time without a zone, refused while the mistake is
+        # at hand. Wrong types are named by enqueue (they are checked there, on the hot path).
+        at = self.available_at
+        if at is not None and (not isinstance(at, dt.datetime) or at.utcoffset() is None):
+            raise errors.MessageError(_available_at_problem(at, self.event_id))
+        for name in ("aggregate_type", "aggregate_id", "event_type", "ordering_key"):
+            value = getattr(self, name)
+            if type(value) is str and not (value.isascii() and "\x00" not in value):
+                _check_text(value, name, self.event_id)
+        key = self.ordering_key
+        if key is not None and not isinstance(key, str):
+            raise errors.MessageError(
+                f"ordering_key of event {self.event_id} must be a str or None, got "
+                f"{type(key).__name__} {key!r} (convert it with str())"
+            )
+        headers = self.headers
+        if headers and isinstance(headers, Mapping):
+            _check_headers(headers, self.event_id)
+
     def payload_bytes(self) -> bytes:
         """The exact bytes that will be published."""
         return encode_payload(self.payload, self.event_id)
+
+
+RESERVED_HEADERS = frozenset({"event_id", "event_type", "aggregate_type", "aggregate_id"})
+"""Header names the relay sets from the message's own fields (as Pub/Sub attributes)."""
+
+
+def text_problem(value: str) -> str | None:
+    """Why PostgreSQL cannot store ``value`` as ``text`` (or in ``jsonb``), or None."""
+    if "\x00" in value:
+        return "contains a NUL character, which PostgreSQL text and jsonb cannot store"
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            return (
+                f"contains {value[exc.start]!r} at position {exc.start}, a lone surrogate that "
+                "is not UTF-8 (decode bytes with errors='replace', or send them as the payload)"
+            )
+    return None
+
+
+def _check_text(value: str, field: str, event_id: object) -> None:
+    problem = text_problem(value)
+    if problem is not None:
+        raise errors.MessageError(f"{field} of event {event_id} {problem}")
+
+
+def _check_headers(headers: Mapping[Any, Any], event_id: object) -> None:
+    for key, value in headers.items():
+        if not isinstance(key, str):
+            continue  # named by encode_headers at enqueue
+        if key in RESERVED_HEADERS:
+            raise errors.MessageError(
+                f"header {key!r} of event {event_id} is reserved: the relay sets the {key} "
+                "attribute from the message's own field, so this value would be lost; rename "
+                "the header"
+            )
+        if not (key.isascii() and "\x00" not in key):
+            _check_text(key, f"header key {key[:40]!r}", event_id)
+        if isinstance(value, str) and not (value.isascii() and "\x00" not in value):
+            _check_text(value, f"header {key[:40]!r}", event_id)
+
+
+def _available_at_problem(value: object, event_id: object) -> str:
+    if not isinstance(value, dt.datetime):
+        return (
+            f"available_at of event {event_id} must be a datetime.datetime with a time zone, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    return (
+        f"available_at of event {event_id} has no time zone ({value.isoformat()}): PostgreSQL "
+        "would read it in the session's TimeZone; give an aware datetime, e.g. "
+        "datetime.now(timezone.utc) + timedelta(minutes=5)"
+    )
 
 
 def require_message(value: object, call: str) -> Message:

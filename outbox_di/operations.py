@@ -85,6 +85,8 @@ def dead_list(
     limit: int = 100,
 ) -> list[DeadRow]:
     """Dead events, oldest first."""
+    if limit < 0:
+        raise errors.OutboxError(f"limit must be 0 or more, got {limit}")
     found = _run(
         conn, schema_name, f"{table}_dead_list", {"event_type": event_type, "limit": limit}
     )
@@ -141,6 +143,9 @@ def purge(
     number deleted; ``progress`` is called with the running total after each batch."""
     if older_than <= 0:
         raise errors.OutboxError("--older-than must be a positive duration, like 7d or 12h")
+    if batch_size < 1:
+        # LIMIT 0 deletes nothing, which would never end the loop below.
+        raise errors.OutboxError(f"--batch-size must be at least 1, got {batch_size}")
     before = models.utcnow() - dt.timedelta(seconds=older_than)
     total = 0
     while True:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import hashlib
 import logging
 import os
 import random
@@ -103,8 +104,20 @@ def make_subscriber_client(settings: config_module.OutboxConfig) -> Any:
     return SubscriberAsyncClient()
 
 
+MAX_EVENT_ID_BYTES = 1024
+"""Longest ``event_id`` the inbox stores as it is: Pub/Sub's limit for an attribute value, well
+within what the primary key ``(consumer, event_id)`` can index (a btree entry holds 2704 bytes)."""
+
+
 def refusal(message: models.ReceivedMessage) -> str | None:
     """Why PostgreSQL cannot store ``message`` as received, or None when it can."""
+    size = len(message.event_id)
+    if size * 4 > MAX_EVENT_ID_BYTES and len(message.event_id.encode()) > MAX_EVENT_ID_BYTES:
+        return (
+            f"event_id is {len(message.event_id.encode())} bytes, over the "
+            f"{MAX_EVENT_ID_BYTES} bytes the inbox's primary key takes (Pub/Sub's own limit "
+            "for an attribute)"
+        )
     for field, value in (
         ("event_id", message.event_id),
         ("event_type", message.event_type),
@@ -127,12 +140,21 @@ def _scrub(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
+def _storable_id(event_id: str) -> str:
+    """``event_id`` if the primary key takes it, else ``sha256:<hex>`` of it: the same for
+    every redelivery, so a redelivered message is still a duplicate."""
+    if len(event_id) * 4 <= MAX_EVENT_ID_BYTES or len(event_id.encode()) <= MAX_EVENT_ID_BYTES:
+        return _scrub(event_id)
+    return "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
+
+
 def scrubbed(message: models.ReceivedMessage) -> models.ReceivedMessage:
     """``message`` with every NUL character of its strings replaced by U+FFFD (the payload,
-    stored as bytes, is kept as it is)."""
+    stored as bytes, is kept as it is), and an ``event_id`` too long for the primary key
+    replaced by its SHA-256 (``sha256:<hex>``)."""
     return dataclasses.replace(
         message,
-        event_id=_scrub(message.event_id),
+        event_id=_storable_id(message.event_id),
         event_type=_scrub(message.event_type),
         aggregate_type=_scrub(message.aggregate_type),
         aggregate_id=_scrub(message.aggregate_id),
@@ -441,7 +463,13 @@ class InboxReceiver:
             if problem is None:
                 messages.append(message)
             else:
-                refused.append((scrubbed(message), problem))
+                kept = scrubbed(message)
+                how = (
+                    f"stored under event_id {kept.event_id!r}"
+                    if kept.event_id != _scrub(message.event_id)
+                    else "stored with U+FFFD in its place"
+                )
+                refused.append((kept, f"{problem} ({how})"))
         self.stats.received += len(received)
         self.stats.batches += 1
         try:
@@ -479,7 +507,7 @@ class InboxReceiver:
 
     async def _record_refused(self, message: models.ReceivedMessage, problem: str) -> int:
         """Keep a message that cannot be stored as received as a dead row; 1 if it was new."""
-        error = f"message refused by the receiver: {problem} (stored with U+FFFD in its place)"
+        error = f"message refused by the receiver: {problem}"
         if not await self.repository.record_dead(self.consumer, message, error):
             self.stats.duplicates += 1
             self.metrics.duplicates(message.event_type, 1)
