@@ -18,11 +18,12 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from outbox_di import config, database, errors, operations, schema, settings
+from outbox_di import config, database, errors, operations, redaction, schema, settings
 
 _SCHEMA_HELP = "service schema name (default: $OUTBOX_SCHEMA, else schema in the settings files)"
 _DSN_HELP = (
@@ -76,10 +77,25 @@ def _add_to(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_URL_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def redact_arguments(text: str) -> str:
+    """``text`` with the password of every DSN in it masked (URLs and ``password=``)."""
+    text = _URL_TOKEN.sub(lambda match: redaction.redact_dsn(match.group()), text)
+    return redaction.redact_dsn(text) if "password" in text.lower() else text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error never repeats a password: ``unrecognized arguments: --dsn
+    postgresql://app:secret@db/app`` (given to a command without ``--dsn``) is masked."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(redact_arguments(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="outbox-di", description="Transactional outbox and inbox on PostgreSQL."
-    )
+    parser = _Parser(prog="outbox-di", description="Transactional outbox and inbox on PostgreSQL.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     render = commands.add_parser(
@@ -394,8 +410,9 @@ def _duration(value: str, flag: str) -> float:
 def _status(args: argparse.Namespace) -> int:
     name = _schema_arg(args)
     dsn = _dsn_arg(args)
+    lock_ttl = _duration(args.lock_ttl, "--lock-ttl")  # before connecting: a typo is said at once
     with database.connect(dsn) as conn:
-        rows = operations.status(conn, name, lock_ttl=_duration(args.lock_ttl, "--lock-ttl"))
+        rows = operations.status(conn, name, lock_ttl=lock_ttl)
     if args.table is not None:
         rows = [row for row in rows if row.table == args.table]
     if args.json:
