@@ -190,8 +190,8 @@ async def test_bad_messages_are_stored_then_handled_parked_or_dead_and_acked_onl
         cfg, inbox_repository, {"order.paid": paid, "ping": ping}, poll_interval=0.05
     )
     async with worker:
-        await _until(lambda: worker.stats.processed == 4 and worker.stats.dead == 2)
-    assert worker.stats.outages == 0
+        await _until(lambda: worker.stats.processed == 4 and worker.stats.dead == 3)
+    assert worker.stats.outages == 0 and worker.stats.parked == 2  # 'unknown', HOSTILE_TYPE
     assert sorted(totals) == [1, 3]  # the loop went on past every bad one
 
     async def stored(event_id: str) -> models.InboxEvent:
