@@ -4,12 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit integration demo bench tox clean
+.PHONY: help venv test lint typecheck unit integration demo bench chaos chaos-breaks tox clean
 
 help:
 	@echo "make demo   - the FastAPI catalog example and a second service's inbox, end to end"
 	@echo "make test   - lint (ruff), types (mypy --strict) and the whole test suite"
 	@echo "make bench  - benchmarks under bench/, each printed beside a raw-SQL baseline"
+	@echo "make chaos  - the fault-injection run: 100,000 events under real faults (~10 min)"
+	@echo "make chaos-breaks - the same run (shorter) on deliberately broken builds: each must fail"
 	@echo "make tox    - the test suite on Python 3.10-3.13"
 
 $(STAMP): pyproject.toml
@@ -43,6 +45,18 @@ bench: $(STAMP)
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/inbox.py
 	$(BIN)/python bench/claim.py
+
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.run
+
+# Each breakage must make the run fail (exit 1); a run that passes on a broken build fails here.
+chaos-breaks: $(STAMP)
+	@for breakage in ack-before-store mark-before-ack; do \
+	  if $(BIN)/python -m tests.chaos.run --events 5000 --seconds 45 --kill-every 6 --quiet-timeout 60 \
+	      --break $$breakage; then \
+	    echo "chaos-breaks: the run passed with $$breakage: it cannot see that breakage"; exit 1; \
+	  else echo "chaos-breaks: $$breakage caught"; fi; \
+	done
 
 # pyenv's interpreters, when present, are put on the PATH so that tox finds 3.10-3.13.
 PYENV_BINS := $(wildcard $(HOME)/.pyenv/versions/3.1[0-3]*/bin)

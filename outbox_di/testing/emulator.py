@@ -25,6 +25,7 @@ import bisect
 import dataclasses
 import heapq
 import itertools
+import random
 import re
 import threading
 import time
@@ -153,6 +154,9 @@ class InProcessEmulator:
         self._port: int | None = None
         # Fault injection and counters.
         self._fail_publishes = 0
+        self._fail_share = 0.0
+        self._fail_rng = random.Random(0)
+        self._failed_by_share = 0
         self._fail_code: Any = grpc.StatusCode.UNAVAILABLE
         self._publish_delay = 0.0
         self._drop_acks = False
@@ -236,6 +240,15 @@ class InProcessEmulator:
             self._fail_publishes = n
             self._fail_code = code
 
+    def fail_share(self, share: float, *, seed: int = 0) -> None:
+        """Make each Publish call fail with UNAVAILABLE with probability ``share`` (0 turns it
+        off; ``seed`` fixes which calls)."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be between 0 and 1, not {share!r}")
+        with self._cond:
+            self._fail_share = share
+            self._fail_rng = random.Random(seed)
+
     def set_publish_delay(self, seconds: float) -> None:
         """Delay every Publish call by ``seconds`` before it is handled (0 turns it off)."""
         with self._cond:
@@ -251,8 +264,15 @@ class InProcessEmulator:
         """Turn every injected fault off."""
         with self._cond:
             self._fail_publishes = 0
+            self._fail_share = 0.0
             self._publish_delay = 0.0
             self._drop_acks = False
+
+    @property
+    def failed_by_share(self) -> int:
+        """Publish calls failed by :meth:`fail_share` since start."""
+        with self._cond:
+            return self._failed_by_share
 
     @property
     def published_count(self) -> int:
@@ -410,6 +430,9 @@ class InProcessEmulator:
             if self._fail_publishes > 0:
                 self._fail_publishes -= 1
                 raise _Abort(self._fail_code, "injected failure (fail_next_publishes)")
+            if self._fail_share and self._fail_rng.random() < self._fail_share:
+                self._failed_by_share += 1
+                raise _Abort(grpc.StatusCode.UNAVAILABLE, "injected failure (fail_share)")
         messages = request.messages
         if not messages:
             raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "No messages to publish")
