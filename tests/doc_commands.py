@@ -215,6 +215,22 @@ EXCEPTIONS: dict[str, tuple[str, Callable[[], None]]] = {
         "a benchmark: minutes of both shared cores (make bench runs it)",
         _script_takes("bench/inbox.py", "--emulator"),
     ),
+    "make chaos": (
+        "the fault-injection run: 10 minutes of both shared cores (docs/reliability.md: its table)",
+        _makefile_has("chaos"),
+    ),
+    "make chaos-breaks": (
+        "three fault-injection runs on broken builds, minutes each (docs/reliability.md)",
+        _makefile_has("chaos-breaks"),
+    ),
+    ".venv/bin/python -m tests.chaos.run --events 10000 --seconds 60": (
+        "the short fault-injection run: tests/integration/test_chaos_run.py runs this command",
+        _script_takes("tests/chaos/run.py", "--events", "--seconds"),
+    ),
+    ".venv/bin/python -m tests.chaos.run --help": (
+        "prints the run's options; the unit test of tests/chaos/run.py parses them",
+        _script_takes("tests/chaos/run.py", "--events", "--seconds", "--kill-every", "--seed"),
+    ),
     "python manage.py outbox_worker": (
         "runs the workers until SIGTERM; tests/integration/test_django_integration.py runs it",
         _management_command("outbox_worker"),

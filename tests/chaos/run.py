@@ -729,9 +729,12 @@ def _end(fault: Fault, cluster: Any, db_proxies: dict[str, Any], broker_proxy: A
         cluster.start()
     elif fault.kind == "broker-outage":
         broker_proxy.restore()
-    elif fault.kind in ("pg-stall", "inbox-db-cut"):
+    elif fault.kind == "pg-stall":
         for proxy in db_proxies.values():
-            proxy.restore()
+            if proxy.mode == "hold":  # a cut that overlaps the stall lasts its own time
+                proxy.restore()
+    elif fault.kind == "inbox-db-cut":
+        db_proxies["inbox"].restore()
 
 
 def _report(
