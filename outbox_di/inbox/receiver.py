@@ -51,7 +51,6 @@ MAX_ACK_IDS_PER_REQUEST = 1000
 # Attributes the publisher sets that become columns rather than headers.
 _COLUMN_ATTRIBUTES = frozenset({"event_id", "event_type", "aggregate_type", "aggregate_id"})
 UNKNOWN_EVENT_TYPE = "unknown"
-_MAX_OUTAGE_BACKOFF = 30.0
 
 _PB_PULL_REQUEST: Any = PullRequest.pb()
 _PB_ACK_REQUEST: Any = AcknowledgeRequest.pb()
@@ -401,7 +400,7 @@ class InboxReceiver:
         return backoff.retry_delay(
             outages,
             initial=0.5,
-            maximum=_MAX_OUTAGE_BACKOFF,
+            maximum=backoff.MAX_OUTAGE_DELAY,
             multiplier=2.0,
             jitter=0.2,
             rng=self._rng,

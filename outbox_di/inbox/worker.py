@@ -52,7 +52,6 @@ from outbox_di.repository import InboxRepository
 
 Handler = handlers_module.Handler
 DEFAULT_HANDLER = handlers_module.DEFAULT_HANDLER
-_MAX_OUTAGE_BACKOFF = 30.0
 _MAX_RETRY_DELAY = 300.0
 _STATS_INTERVAL = 5.0
 _PURGE_PAUSE = 0.01  # between two purge batches: let claims and inserts in
@@ -254,7 +253,7 @@ class InboxWorker:
                 delay = backoff.retry_delay(
                     outages,
                     initial=min(self.poll_interval, 1.0),
-                    maximum=_MAX_OUTAGE_BACKOFF,
+                    maximum=backoff.MAX_OUTAGE_DELAY,
                     multiplier=2.0,
                     jitter=0.2,
                     rng=self._rng,
@@ -653,7 +652,11 @@ class InboxWorker:
             except Exception as exc:  # connection lost: the poll covers us meanwhile
                 failures += 1
                 delay = backoff.retry_delay(
-                    failures, initial=0.5, maximum=_MAX_OUTAGE_BACKOFF, multiplier=2.0, jitter=0.2
+                    failures,
+                    initial=0.5,
+                    maximum=backoff.MAX_OUTAGE_DELAY,
+                    multiplier=2.0,
+                    jitter=0.2,
                 )
                 self.logger.warning(
                     "inbox LISTEN connection lost (%s); retrying in %.1fs", exc, delay

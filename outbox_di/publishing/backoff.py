@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import random
 
+MAX_OUTAGE_DELAY = 5.0
+"""Longest wait between two tries of a loop that lost its database or its broker (the relay's
+and the inbox's loops, the receiver): an outage's end is noticed within it. A try costs one
+connection attempt, so a short cap is cheap; with 30 s, the fault-injection run saw a 10 s broker
+outage take 22.6 s to recover from."""
+
 
 def retry_delay(
     attempt: int,

@@ -38,7 +38,6 @@ from outbox_di import config as config_module
 from outbox_di.publishing import backoff, base
 from outbox_di.repository import OutboxRepository
 
-_MAX_OUTAGE_BACKOFF = 30.0
 _STATS_INTERVAL = 5.0
 
 
@@ -174,7 +173,7 @@ class PublisherTask:
                 delay = backoff.retry_delay(
                     outages,
                     initial=min(self.settings.tick_interval, 1.0),
-                    maximum=_MAX_OUTAGE_BACKOFF,
+                    maximum=backoff.MAX_OUTAGE_DELAY,
                     multiplier=2.0,
                     jitter=0.2,
                     rng=self._rng,
@@ -506,7 +505,11 @@ class PublisherTask:
             except Exception as exc:  # connection lost: the poll covers us meanwhile
                 failures += 1
                 delay = backoff.retry_delay(
-                    failures, initial=0.5, maximum=_MAX_OUTAGE_BACKOFF, multiplier=2.0, jitter=0.2
+                    failures,
+                    initial=0.5,
+                    maximum=backoff.MAX_OUTAGE_DELAY,
+                    multiplier=2.0,
+                    jitter=0.2,
                 )
                 self.logger.warning(
                     "outbox LISTEN connection lost (%s); retrying in %.1fs", exc, delay
