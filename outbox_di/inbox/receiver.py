@@ -84,23 +84,24 @@ def make_subscriber_client(settings: config_module.OutboxConfig) -> Any:
     (``pubsub.emulator_host`` or ``PUBSUB_EMULATOR_HOST``), else Google Cloud with application
     default credentials. Call it inside the running event loop."""
     from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 
     host = settings.pubsub.emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST")
     if host:
         import grpc
-        from google.pubsub_v1.services.subscriber.transports import (
-            SubscriberGrpcAsyncIOTransport,
-        )
 
         channel = grpc.aio.insecure_channel(
             host,
             options=[
                 ("grpc.max_send_message_length", -1),
                 ("grpc.max_receive_message_length", -1),
+                *pubsub.RECONNECT_OPTIONS,
             ],
         )
         return SubscriberAsyncClient(transport=SubscriberGrpcAsyncIOTransport(channel=channel))
-    return SubscriberAsyncClient()
+    return SubscriberAsyncClient(
+        transport=pubsub.reconnecting_transport(SubscriberGrpcAsyncIOTransport)
+    )
 
 
 MAX_EVENT_ID_BYTES = 1024

@@ -308,13 +308,40 @@ async def startup_call(
         raise unavailable(settings, what, exc) from exc
 
 
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+"""gRPC channel options of the library's Pub/Sub clients: after a broker outage the channel tries
+to reconnect at most 2 s apart. gRPC's defaults (1 s, growing by 1.6x up to 120 s) left the
+fault-injection run's relay and receiver waiting up to 20 s after a 10 s outage had ended."""
+
+
+def reconnecting_transport(transport_class: Any) -> Any:
+    """A transport factory for a GAPIC async client (``transport=`` takes a callable): the
+    client's own gRPC transport, whose channel gets :data:`RECONNECT_OPTIONS` on top of the
+    options the transport sets itself. Everything else (endpoint, credentials, client info) is
+    what the client passes, as with its default transport."""
+
+    def create_channel(*args: Any, options: Sequence[Any] = (), **kwargs: Any) -> Any:
+        return transport_class.create_channel(
+            *args, options=[*options, *RECONNECT_OPTIONS], **kwargs
+        )
+
+    def transport(**kwargs: Any) -> Any:
+        return transport_class(channel=create_channel, **kwargs)
+
+    return transport
+
+
 def make_emulator_client(host: str) -> Any:
     """A ``PublisherAsyncClient`` on an insecure channel to an emulator (no credentials)."""
     import grpc
     from google.pubsub_v1.services.publisher import PublisherAsyncClient
     from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
 
-    channel = grpc.aio.insecure_channel(host)
+    channel = grpc.aio.insecure_channel(host, options=list(RECONNECT_OPTIONS))
     return PublisherAsyncClient(transport=PublisherGrpcAsyncIOTransport(channel=channel))
 
 
@@ -325,8 +352,9 @@ def make_client(settings: config_module.OutboxConfig) -> Any:
     if host:
         return make_emulator_client(host)
     from google.pubsub_v1.services.publisher import PublisherAsyncClient
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
 
-    return PublisherAsyncClient()
+    return PublisherAsyncClient(transport=reconnecting_transport(PublisherGrpcAsyncIOTransport))
 
 
 class PubSubPublisher:
