@@ -7,8 +7,8 @@ import random
 MAX_OUTAGE_DELAY = 5.0
 """Longest wait between two tries of a loop that lost its database or its broker (the relay's
 and the inbox's loops, the receiver): an outage's end is noticed within it. A try costs one
-connection attempt, so a short cap is cheap; with 30 s, the fault-injection run saw a 10 s broker
-outage take 22.6 s to recover from."""
+connection attempt, so a short cap is cheap; with 30 s, a 60 s failover could leave a loop idle
+for up to 30 s more."""
 
 
 def retry_delay(
