@@ -581,11 +581,7 @@ def run(args: argparse.Namespace) -> int:
         active: list[tuple[float, Fault]] = []
         while True:
             now = time.monotonic() - started
-            for worker in workers.values():
-                if not worker.alive() and worker.restart_at is None:
-                    worker.restart_at = now + 1.0
-                if worker.restart_at is not None and now >= worker.restart_at:
-                    worker.start()
+            _supervise(workers, now)
             while pending_faults and pending_faults[0].at <= now:
                 fault = pending_faults.pop(0)
                 try:
@@ -618,20 +614,12 @@ def run(args: argparse.Namespace) -> int:
 
         # Quiet: every committed order has its effect, and no worker is restarting.
         quiet_by = time.monotonic() + args.quiet_timeout
-        last_progress = (-1, time.monotonic())
         while True:
             now = time.monotonic() - started
-            for worker in workers.values():
-                if not worker.alive() and worker.restart_at is None:
-                    worker.restart_at = now + 1.0
-                if worker.restart_at is not None and now >= worker.restart_at:
-                    worker.start()
+            _supervise(workers, now)
             counts = [_counts(cluster.dsn, name) for name in SCHEMAS]
-            done = sum(effected for _, effected in counts)
             if all(committed == effected for committed, effected in counts):
                 break
-            if done != last_progress[0]:
-                last_progress = (done, time.monotonic())
             if time.monotonic() > quiet_by:
                 failures.append(
                     f"no quiet within {args.quiet_timeout:g} s after the producers: "
@@ -691,6 +679,16 @@ def run(args: argparse.Namespace) -> int:
 
         shutil.rmtree(run_dir, ignore_errors=True)
     return 0
+
+
+def _supervise(workers: dict[str, Worker], now: float) -> None:
+    """Start again, a second after it exited, every worker that is not running (killed, or its
+    start-up check failed), as a process supervisor would."""
+    for worker in workers.values():
+        if not worker.alive() and worker.restart_at is None:
+            worker.restart_at = now + 1.0
+        if worker.restart_at is not None and now >= worker.restart_at:
+            worker.start()
 
 
 def _apply(
