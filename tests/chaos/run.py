@@ -775,8 +775,15 @@ def _report(
         if fault.kind == "kill":
             kill_recoveries.append(recovery)
             continue
+        meanwhile = sum(
+            1
+            for kill in faults
+            if kill.kind == "kill"
+            and kill.applied_at is not None
+            and fault.applied_at <= kill.applied_at <= fault.ended_at + recovery
+        )
         print(f"  {fault.kind:<14} at {fault.applied_at:6.1f} s for {fault.duration:4.1f} s:"
-              f" recovered {recovery:5.1f} s after")  # fmt: skip
+              f" recovered {recovery:5.1f} s after ({meanwhile} kills meanwhile)")  # fmt: skip
     if kill_recoveries:
         killed = collections.Counter(f.target for f in faults if f.kind == "kill" and f.applied_at)
         print(f"  kill           {len(kill_recoveries)} times "

@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _row(output: str, label: str) -> list[str]:
-    [line] = [line for line in output.splitlines() if line.startswith(label)]
-    return line[len(label) :].split()
+    """The values of the table row ``label`` (labels fill the first 36 columns)."""
+    [line] = [line for line in output.splitlines() if line[:36].strip() == label]
+    return line[36:].split()
 
 
 @pytest.mark.timeout(420)
