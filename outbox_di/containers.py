@@ -25,7 +25,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 from opentelemetry.metrics import Meter
@@ -34,9 +34,11 @@ from outbox_di import config as config_module
 from outbox_di import database, errors, idle, observability, outbox, repository
 from outbox_di import settings as settings_module
 from outbox_di.inbox import handlers as handlers_module
-from outbox_di.inbox import receiver as receiver_module
 from outbox_di.inbox import worker as worker_module
-from outbox_di.publishing import base, pubsub, task
+from outbox_di.publishing import base, task
+
+if TYPE_CHECKING:
+    from outbox_di.inbox import receiver as receiver_module
 
 
 class WorkerResource(providers.Resource[Any]):
@@ -90,6 +92,10 @@ async def relay_pool_resource(settings: config_module.OutboxConfig) -> AsyncIter
 async def publisher_resource(settings: config_module.OutboxConfig) -> AsyncIterator[base.Publisher]:
     """The Pub/Sub publisher, its client created in the running loop; topics checked at start
     (within ``pubsub.connect_timeout``). A start that fails or is cancelled closes the client."""
+    # Pub/Sub's client (grpc and the GAPIC modules, most of the import time of a process) is
+    # loaded by the processes that publish, not by those that only enqueue.
+    from outbox_di.publishing import pubsub
+
     publisher = pubsub.PubSubPublisher(settings)
     try:
         await publisher.start()
@@ -133,6 +139,8 @@ async def inbox_receiver_resource(
     if not settings.inbox.enabled:
         yield None
         return
+    from outbox_di.inbox import receiver as receiver_module
+
     inbox_receiver = receiver_module.InboxReceiver(settings, inbox_repository, None, logger, meter)
     await inbox_receiver.start()
     try:
