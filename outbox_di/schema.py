@@ -320,9 +320,24 @@ def render_ddl(
     return "".join(parts)
 
 
+LIBRARY_FILES = ("queries.sql",)
+"""The library's own named queries."""
+TEST_KIT_FILES = ("queries.sql", "testing.sql")
+"""The library's queries and the test kit's (``sql/testing.sql``), for ``outbox_di.testing``."""
+
+
 @functools.cache
-def _raw_queries() -> Mapping[str, str]:
-    text = _read_resource("queries.sql")
+def _raw_queries(files: tuple[str, ...] = LIBRARY_FILES) -> Mapping[str, str]:
+    queries: dict[str, str] = {}
+    for file in files:
+        for name, sql in _parse_queries(_read_resource(file)).items():
+            if name in queries:
+                raise ValueError(f"query {name!r} of {file} is also in an earlier file")
+            queries[name] = sql
+    return queries
+
+
+def _parse_queries(text: str) -> dict[str, str]:
     parts = _NAME_LINE.split(text)
     queries: dict[str, str] = {}
     # parts = [preamble, name1, body1, name2, body2, ...]
@@ -332,9 +347,9 @@ def _raw_queries() -> Mapping[str, str]:
     return queries
 
 
-def query_names() -> frozenset[str]:
-    """Names of every query in ``queries.sql``."""
-    return frozenset(_raw_queries())
+def query_names(files: tuple[str, ...] = LIBRARY_FILES) -> frozenset[str]:
+    """Names of every query in ``files`` (the library's own by default)."""
+    return frozenset(_raw_queries(files))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -377,9 +392,10 @@ def _build_query(name: str, sql: str) -> Query:
 class Queries:
     """Every named query rendered for one schema; attribute access by name."""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, *, files: tuple[str, ...] = LIBRARY_FILES) -> None:
         quoted = quote_ident(schema)
         self.schema = schema
+        self._files = files
         replacements = {
             "{{schema}}": quoted,
             "{{outbox_channel}}": '"' + channel_name(schema, "outbox") + '"',
@@ -392,14 +408,14 @@ class Queries:
             return sql
 
         self._queries = {
-            name: _build_query(name, render(sql)) for name, sql in _raw_queries().items()
+            name: _build_query(name, render(sql)) for name, sql in _raw_queries(files).items()
         }
 
     def __getitem__(self, name: str) -> Query:
         try:
             return self._queries[name]
         except KeyError:
-            raise KeyError(f"no query named {name!r} in queries.sql") from None
+            raise KeyError(f"no query named {name!r} in {', '.join(self._files)}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._queries

@@ -386,29 +386,6 @@ COMMIT;
 -- name: transaction_rollback
 ROLLBACK;
 
--- name: inbox_contract_effects_create
--- Test kit only (outbox_di.testing.inbox_suite): what the contract suite's transactional
--- handlers write. A plain primary key, so a second effect of one event fails loudly.
-CREATE TABLE IF NOT EXISTS {{schema}}.inbox_contract_effects (
-    consumer text NOT NULL,
-    event_id text NOT NULL,
-    note text NOT NULL,
-    PRIMARY KEY (consumer, event_id, note)
-);
-
--- name: inbox_contract_effects_insert
-INSERT INTO {{schema}}.inbox_contract_effects (consumer, event_id, note)
-VALUES (%(consumer)s, %(event_id)s, %(note)s);
-
--- name: inbox_contract_effects_list
-SELECT event_id, note
-FROM {{schema}}.inbox_contract_effects
-WHERE consumer = %(consumer)s
-ORDER BY event_id, note;
-
--- name: inbox_contract_effects_drop
-DROP TABLE IF EXISTS {{schema}}.inbox_contract_effects;
-
 -- name: inbox_get
 SELECT consumer, event_id, seq, message_id, aggregate_type, aggregate_id, event_type, payload,
        headers, ordering_key, status, created_at, available_at, processed_at, delivery_attempts,
@@ -453,28 +430,11 @@ JOIN pg_namespace AS n ON n.oid = p.pronamespace
 WHERE n.nspname = %(schema)s
   AND p.proname IN ('outbox_events_notify', 'inbox_events_notify');
 
-
--- name: drop_schema
--- Used by the test kit to remove a test's schema; never run by the library on its own.
-DROP SCHEMA IF EXISTS {{schema}} CASCADE;
-
--- name: test_set_headers
--- Test kit only: overwrite a row's headers with arbitrary JSON, as a foreign writer might.
-UPDATE {{schema}}.outbox_events
-SET headers = CAST(%(headers)s AS jsonb)
-WHERE event_id = CAST(%(event_id)s AS uuid);
-
 -- name: listen_outbox
 LISTEN {{outbox_channel}};
 
 -- name: listen_inbox
 LISTEN {{inbox_channel}};
-
--- name: test_terminate_backends
--- Test kit only: simulate a database outage by killing every connection of one application.
-SELECT pg_terminate_backend(pid)
-FROM pg_stat_activity
-WHERE application_name = %(application_name)s AND pid <> pg_backend_pid();
 
 -- name: inbox_pending_stats
 -- The inbox worker's backlog gauges: pending rows of one consumer and the oldest one's age.

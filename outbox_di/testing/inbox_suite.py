@@ -256,7 +256,7 @@ class InboxContract:
         """The container with the suite's handlers and an SDK meter: pool and receiver
         started (and the worker, unless ``worker=False``); stopped and reset afterwards."""
         settings = self._settings(container)
-        self._queries = schema_module.Queries(settings.schema)
+        self._queries = schema_module.Queries(settings.schema, files=schema_module.TEST_KIT_FILES)
         service_handlers = handlers_module.InboxHandlers(container.inbox_handlers())
         self.service_handlers = dict(service_handlers)
         self.service_calls = HandlerCalls()

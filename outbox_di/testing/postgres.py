@@ -135,7 +135,7 @@ def create_schema(
 def drop_schema(dsn: str, name: str) -> None:
     """Drop a schema and everything in it (nothing happens if it does not exist)."""
     with database.connect(dsn) as conn, conn, conn.cursor() as cursor:
-        cursor.execute(schema.Queries(name)["drop_schema"].sql)
+        cursor.execute(schema.Queries(name, files=schema.TEST_KIT_FILES)["drop_schema"].sql)
 
 
 @contextlib.contextmanager

@@ -58,6 +58,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from outbox_di import config as config_module
 from outbox_di import containers, models, repository
+from outbox_di import schema as schema_module
 from outbox_di.publishing import base, pubsub
 from outbox_di.testing import emulator as emulator_module
 from outbox_di.testing import pubsub as pubsub_testing
@@ -402,7 +403,8 @@ class PublisherContract:
             for n, name in enumerate(stored_headers):
                 ids[name] = await outbox.enqueue(self._message(10 + n))
             pool = await outbox_container.pool()
-            sql = repo.queries["test_set_headers"].sql
+            test_kit = schema_module.Queries(repo.schema, files=schema_module.TEST_KIT_FILES)
+            sql = test_kit["test_set_headers"].sql
             async with pool.acquire() as conn, conn.cursor() as cursor:
                 for name, text in stored_headers.items():
                     await cursor.execute(sql, {"event_id": str(ids[name]), "headers": text})

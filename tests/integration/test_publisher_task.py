@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from psycopg2 import sql
 
-from outbox_di import config, database, models, observability, repository
+from outbox_di import config, database, models, observability, repository, schema
 from outbox_di.publishing import base
 from outbox_di.publishing.task import PublisherTask
 from outbox_di.testing.publisher_suite import metric_points
@@ -263,7 +263,10 @@ async def test_recovers_after_database_connections_are_killed(
             await _until(lambda: len(sink.published) == 10)
             async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
                 await cursor.execute(
-                    repo.queries["test_terminate_backends"].sql, {"application_name": victim}
+                    schema.Queries(repo.schema, files=schema.TEST_KIT_FILES)[
+                        "test_terminate_backends"
+                    ].sql,
+                    {"application_name": victim},
                 )
                 assert cursor.rowcount >= 1
             await _enqueue(outbox_pool, repo, 10, key="b")

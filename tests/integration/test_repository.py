@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from outbox_di import errors, models, repository
+from outbox_di import errors, models, repository, schema
 
 pytestmark = pytest.mark.integration
 
@@ -265,7 +265,8 @@ async def test_headers_that_are_not_a_json_object_of_strings_never_crash_a_claim
 ) -> None:
     message = _message()
     await _enqueue(outbox_pool, outbox_repository, message)
-    sql = outbox_repository.queries["test_set_headers"].sql
+    test_kit = schema.Queries(outbox_repository.schema, files=schema.TEST_KIT_FILES)
+    sql = test_kit["test_set_headers"].sql
     async with outbox_pool.acquire() as conn, conn.cursor() as cursor:
         await cursor.execute(sql, {"event_id": str(message.event_id), "headers": stored})
     _, [event] = await _claim(outbox_repository)

@@ -120,8 +120,8 @@ def test_queries_are_rendered_once_per_schema_in_each_parameter_style() -> None:
 
 
 def test_every_query_is_parameterized_not_formatted() -> None:
-    queries = schema.Queries("catalog")
-    for name in schema.query_names():
+    queries = schema.Queries("catalog", files=schema.TEST_KIT_FILES)
+    for name in schema.query_names(schema.TEST_KIT_FILES):
         sql = queries[name].sql
         assert "{{" not in sql, name
         assert "::" not in sql, f"{name}: use CAST(... AS ...) so every style can be derived"
@@ -148,6 +148,25 @@ def test_repository_query_names_exist() -> None:
         "inbox_count_pending",
     }
     assert expected <= schema.query_names()
+
+
+def test_the_test_kit_queries_are_not_the_library_s() -> None:
+    """sql/testing.sql holds what only tests run (dropping a schema, killing connections,
+    overwriting headers, the inbox suite's effects table); the library's queries do not."""
+    library = schema.query_names()
+    test_kit = schema.query_names(schema.TEST_KIT_FILES) - library
+    assert test_kit == {
+        "drop_schema",
+        "test_set_headers",
+        "test_terminate_backends",
+        "inbox_contract_effects_create",
+        "inbox_contract_effects_insert",
+        "inbox_contract_effects_list",
+        "inbox_contract_effects_drop",
+    }
+    with pytest.raises(KeyError, match=r"no query named 'drop_schema' in queries\.sql"):
+        schema.Queries("catalog")["drop_schema"]
+    assert "drop_schema" in schema.Queries("catalog", files=schema.TEST_KIT_FILES)
 
 
 # -- numbered migrations -------------------------------------------------------------------------
