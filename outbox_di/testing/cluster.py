@@ -131,15 +131,13 @@ class PrivateCluster:
         """``initdb`` (once)."""
         if self._initialized:
             return
-        for folder in (self.data, self.socket_dir):
-            folder.mkdir(mode=0o700)
-            if self._user is not None:
-                entry = pwd.getpwnam(self._user)
-                os.chown(folder, entry.pw_uid, entry.pw_gid)
+        self.data.mkdir(mode=0o700)
+        self.socket_dir.mkdir(mode=0o700)
         self.log.touch()
-        if self._user is not None:
+        if self._user is not None:  # the server's user writes all three
             entry = pwd.getpwnam(self._user)
-            os.chown(self.log, entry.pw_uid, entry.pw_gid)
+            for path in (self.data, self.socket_dir, self.log):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
         self._run(
             "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
             "--no-sync", "--no-instructions",
@@ -181,11 +179,11 @@ class PrivateCluster:
 
     def stop(self) -> None:
         """A clean (fast) shutdown; nothing when it is not running."""
-        if not (self.data / "postmaster.pid").exists():
-            return
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        if self.running():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def running(self) -> bool:
+        """Whether the server's pid file is there (started, and not stopped or crashed since)."""
         return (self.data / "postmaster.pid").exists()
 
     def remove(self) -> None:
