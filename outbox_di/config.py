@@ -494,6 +494,20 @@ class InboxConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetentionConfig:
+    """Automatic deletion of old rows by worker processes, so the tables stay small."""
+
+    enabled: bool = _setting(True, _as_bool)
+    published: float = _setting(7 * 86400.0, parse_duration, _positive)
+    # None means inbox.retention (7 days unless set): see OutboxConfig.processed_retention.
+    processed: float | None = _setting(None, parse_duration, _positive)
+    batch_size: int = _setting(1000, _as_int, _between(1, 100_000))
+    interval: float = _setting(600.0, parse_duration, _positive)
+
+    _rules: ClassVar[tuple[_Rule, ...]] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class OutboxConfig:
     """The whole outbox configuration; build it with :meth:`from_mapping` to get it checked."""
 
@@ -526,6 +540,9 @@ class OutboxConfig:
     inbox: InboxConfig = dataclasses.field(
         default_factory=InboxConfig, metadata=_section(InboxConfig)
     )
+    retention: RetentionConfig = dataclasses.field(
+        default_factory=RetentionConfig, metadata=_section(RetentionConfig)
+    )
 
     _rules: ClassVar[tuple[_Rule, ...]] = ()
 
@@ -552,6 +569,14 @@ class OutboxConfig:
     def inbox_consumer(self) -> str:
         """The resolved inbox consumer name (``inbox.consumer``, else the schema)."""
         return self.inbox.consumer_name(self.schema)
+
+    @property
+    def processed_retention(self) -> float:
+        """How long processed inbox rows are kept: ``retention.processed``, else
+        ``inbox.retention`` (the older key, still honoured)."""
+        if self.retention.processed is not None:
+            return self.retention.processed
+        return self.inbox.retention
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> OutboxConfig:

@@ -31,7 +31,7 @@ from dependency_injector import containers, providers
 from opentelemetry.metrics import Meter
 
 from outbox_di import config as config_module
-from outbox_di import database, errors, idle, observability, outbox, repository
+from outbox_di import database, errors, idle, observability, outbox, repository, retention
 from outbox_di import settings as settings_module
 from outbox_di.inbox import handlers as handlers_module
 from outbox_di.inbox import worker as worker_module
@@ -182,12 +182,35 @@ async def inbox_worker_resource(
         logger,
         meter,
         shutdown_timeout=settings.inbox.shutdown_timeout,
+        # The retention resource deletes processed rows in worker processes (or nothing, when
+        # retention.enabled is false).
+        purge_interval=None,
     )
     await inbox_worker.start()
     try:
         yield inbox_worker
     finally:
         await inbox_worker.stop()
+
+
+@contextlib.asynccontextmanager
+async def retention_resource(
+    settings: config_module.OutboxConfig,
+    outbox_repository: repository.OutboxRepository,
+    inbox_repository: repository.InboxRepository,
+    logger: logging.Logger,
+) -> AsyncIterator[retention.Retention | None]:
+    """The periodic deletion of old published and processed rows; ``None`` when
+    ``retention.enabled`` is false."""
+    if not settings.retention.enabled:
+        yield None
+        return
+    runner = retention.Retention(settings, outbox_repository, inbox_repository, logger)
+    await runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.stop()
 
 
 _DeclarativeMeta: Any = type(containers.DeclarativeContainer)
@@ -205,7 +228,8 @@ class _OutboxContainerMeta(_DeclarativeMeta):  # type: ignore[misc]
 
 class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContainerMeta):
     """Providers for the pool, repositories, publisher, publisher task, inbox receiver, worker
-    and handlers, meter, logger and the ``outbox`` enqueue facade (a stable set of names)."""
+    and handlers, retention, meter, logger and the ``outbox`` enqueue facade (a stable set of
+    names)."""
 
     config = providers.Configuration(strict=True)
     settings = providers.Singleton(build_settings, config)
@@ -237,6 +261,10 @@ class OutboxContainer(containers.DeclarativeContainer, metaclass=_OutboxContaine
     )
     inbox_worker = WorkerResource(
         inbox_worker_resource, settings, inbox_repository, inbox_handlers, logger, meter
+    )
+
+    retention = WorkerResource(
+        retention_resource, settings, outbox_repository, inbox_repository, logger
     )
 
     outbox = providers.Singleton(outbox.Outbox, outbox_repository, pool)

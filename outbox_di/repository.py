@@ -347,6 +347,11 @@ class OutboxRepository:
         count, oldest = rows[0]
         return int(count), oldest
 
+    async def purge_published(self, before: dt.datetime, limit: int) -> int:
+        """Delete up to ``limit`` rows published before ``before``; returns how many. One
+        short statement: call it again until it returns less than ``limit``."""
+        return await self._db.change("outbox_purge_batch", {"before": before, "limit": limit})
+
     async def get(self, event_id: uuid.UUID) -> models.OutboxEvent | None:
         """One row by id, or ``None``."""
         rows = await self._db.fetch("outbox_get", {"event_id": str(event_id)})
@@ -631,6 +636,11 @@ class InboxRepository:
         return await self._db.change(
             "inbox_purge_processed", {"consumer": consumer, "before": before, "limit": limit}
         )
+
+    async def purge_processed_all(self, before: dt.datetime, limit: int) -> int:
+        """Delete up to ``limit`` rows of any consumer processed before ``before``; returns
+        how many (the retention of a worker process, which serves every consumer)."""
+        return await self._db.change("inbox_purge_batch", {"before": before, "limit": limit})
 
     async def get(self, consumer: str, event_id: str) -> models.InboxEvent | None:
         """One row, or ``None``."""

@@ -22,6 +22,8 @@ within its timeout, then cancels them and gives the leases back.
 Retention: every ``purge_interval`` the worker deletes its consumer's rows processed more than
 ``inbox.retention`` ago, ``purge_batch_size`` rows per statement (each its own short
 transaction, ``SKIP LOCKED``), so the table stays small without a long lock or an operator job.
+``OutboxContainer`` passes ``purge_interval=None``: its ``retention`` resource
+(:mod:`outbox_di.retention`) does that for every consumer, and for the outbox.
 """
 
 from __future__ import annotations
@@ -134,12 +136,15 @@ class InboxWorker:
         tracer: trace.Tracer | None = None,
         poll_interval: float = 1.0,
         shutdown_timeout: float = 10.0,
-        purge_interval: float = 60.0,
+        purge_interval: float | None = 60.0,
         purge_batch_size: int = 1000,
         rng: random.Random | None = None,
     ) -> None:
-        if purge_interval <= 0 or purge_batch_size < 1:
-            raise ValueError("purge_interval must be positive and purge_batch_size at least 1")
+        if (purge_interval is not None and purge_interval <= 0) or purge_batch_size < 1:
+            raise ValueError(
+                "purge_interval must be positive (or None: no purge) and purge_batch_size at "
+                "least 1"
+            )
         self.config = config
         self.settings = config.inbox
         self.repository = repository
@@ -191,7 +196,8 @@ class InboxWorker:
             raise errors.OutboxError("this InboxWorker was already started")
         self._started = True
         self._helpers.append(asyncio.create_task(self._listen(), name="inbox-listen"))
-        self._helpers.append(asyncio.create_task(self._purge_loop(), name="inbox-purge"))
+        if self.purge_interval is not None:
+            self._helpers.append(asyncio.create_task(self._purge_loop(), name="inbox-purge"))
         if self.metrics.enabled:
             self._helpers.append(asyncio.create_task(self._report_backlog(), name="inbox-stats"))
         self._workers = [
@@ -696,6 +702,7 @@ class InboxWorker:
                         self.consumer,
                         self.settings.retention,
                     )
+            assert self.purge_interval is not None
             await self._sleep(self.purge_interval)
 
     async def _report_backlog(self) -> None:

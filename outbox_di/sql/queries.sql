@@ -541,7 +541,10 @@ WHERE status = 'dead'
   );
 
 -- name: outbox_purge_batch
--- One bounded batch of published rows older than the cut-off (index outbox_events_published_idx).
+-- One bounded batch of published rows older than the cut-off (index outbox_events_published_idx):
+-- `outbox-di purge` and the worker processes' retention. It locks published rows only, never the
+-- pending ones a claim takes; SKIP LOCKED, so two processes purging at once never wait for each
+-- other.
 DELETE FROM {{schema}}.outbox_events
 WHERE event_id IN (
     SELECT event_id
@@ -549,9 +552,11 @@ WHERE event_id IN (
     WHERE status = 'published' AND published_at < CAST(%(before)s AS timestamptz)
     ORDER BY published_at
     LIMIT CAST(%(limit)s AS integer)
+    FOR UPDATE SKIP LOCKED
 );
 
 -- name: inbox_purge_batch
+-- The same for processed inbox rows of every consumer (index inbox_events_processed_idx).
 DELETE FROM {{schema}}.inbox_events
 WHERE (consumer, event_id) IN (
     SELECT consumer, event_id
@@ -559,4 +564,5 @@ WHERE (consumer, event_id) IN (
     WHERE status = 'processed' AND processed_at < CAST(%(before)s AS timestamptz)
     ORDER BY processed_at
     LIMIT CAST(%(limit)s AS integer)
+    FOR UPDATE SKIP LOCKED
 );
