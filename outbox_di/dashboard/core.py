@@ -171,9 +171,9 @@ class Dashboard:
         allow_actions: bool = False,
     ) -> None:
         if not schemas and not all_schemas:
-            raise errors.ConfigError("the dashboard needs schemas: give --schema or --all-schemas")
+            raise errors.OutboxError("the dashboard needs schemas: give --schema or --all-schemas")
         if schemas and all_schemas:
-            raise errors.ConfigError("give --schema or --all-schemas, not both")
+            raise errors.OutboxError("give --schema or --all-schemas, not both")
         self.backend = backend
         self.schemas = [schema.validate_schema_name(name) for name in schemas]
         self.all_schemas = all_schemas
@@ -205,22 +205,23 @@ class Dashboard:
         """Answer one request; errors become JSON ``{"error": ...}`` with a 4xx/5xx status."""
         path = request.path.lstrip("/")
         try:
-            if request.method in ("GET", "HEAD"):
-                if path in ("", "index.html"):
-                    return Response(200, "text/html; charset=utf-8", _static("index.html"))
-                if path.startswith("static/") and path[len("static/") :] in _STATIC:
-                    name = path[len("static/") :]
-                    return Response(200, _STATIC[name], _static(name))
-                if path == "api/schemas":
-                    return json_response(
-                        200, {"schemas": await self._schemas(), "allow_actions": self.allow_actions}
-                    )
-                if path == "api/overview":
-                    return await self._overview(request.query.get("schema", ""))
-            elif request.method == "POST" and path in ("api/dead/retry", "api/dead/discard"):
+            if path in ("api/dead/retry", "api/dead/discard"):
+                if request.method != "POST":
+                    return _error(405, f"{request.method} is not allowed here: use POST")
                 return await self._act(request, path.rsplit("/", 1)[1])
-            elif path.startswith("api/dead/"):
-                return _error(405, f"{request.method} is not allowed here: use POST")
+            if request.method not in ("GET", "HEAD"):
+                return _error(405, f"{request.method} is not allowed here: use GET")
+            if path in ("", "index.html"):
+                return Response(200, "text/html; charset=utf-8", _static("index.html"))
+            if path.startswith("static/") and path[len("static/") :] in _STATIC:
+                name = path[len("static/") :]
+                return Response(200, _STATIC[name], _static(name))
+            if path == "api/schemas":
+                return json_response(
+                    200, {"schemas": await self._schemas(), "allow_actions": self.allow_actions}
+                )
+            if path == "api/overview":
+                return await self._overview(request.query.get("schema", ""))
             return _error(404, f"no page {request.path!r}")
         except errors.OutboxError as exc:
             return _error(502, str(exc))

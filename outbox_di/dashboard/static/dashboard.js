@@ -1,4 +1,4 @@
-// The dashboard page. Every value from the database is shown with textContent (never innerHTML):
+// The dashboard page. Every value from the database is shown with textContent, never parsed as HTML:
 // event types and errors come from other services.
 "use strict";
 
