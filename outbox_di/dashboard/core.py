@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 from outbox_di import database, errors, models, operations, schema
 
 Table = Literal["outbox", "inbox"]
-ACTION_HEADER = "x-outbox-dashboard"
+ACTION_HEADER = "x-outbox-dashboard"  # lower case, as Request.headers
 """POST actions must carry this header (any value): a cross-site form cannot send it, and a
 cross-site script cannot either without a CORS preflight, which the dashboard never grants."""
 DASHBOARD_FILES = ("dashboard.sql",)
@@ -254,7 +254,8 @@ class Dashboard:
             )
         if ACTION_HEADER not in request.headers:
             return _error(
-                403, f"a {ACTION_HEADER} header is required (a guard against cross-site requests)"
+                403,
+                "an X-Outbox-Dashboard header is required (a guard against cross-site requests)",
             )
         try:
             body = json.loads(request.body or b"{}")

@@ -101,7 +101,7 @@ async def test_an_allowed_action_needs_the_header_and_a_valid_body() -> None:
     board, backend = _board(allow_actions=True)
     body = {"schema": "catalog", "table": "inbox", "event_ids": ["e1"]}
     cross_site = await board.handle(_post("api/dead/retry", body, header=False))
-    assert cross_site.status == 403 and ACTION_HEADER.encode() in cross_site.body
+    assert cross_site.status == 403 and b"X-Outbox-Dashboard header" in cross_site.body
     for wrong in (
         {"schema": "catalog", "table": "users", "event_ids": ["e1"]},
         {"schema": "catalog", "table": "outbox", "event_ids": []},

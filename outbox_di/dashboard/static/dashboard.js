@@ -105,8 +105,8 @@ function render(data) {
     { label: "published", stroke: "#2e90fa", fill: "#2e90fa22" },
   ], [s.minutes, s.published], rate);
   chart(data.schema + "/lag", "Lag enqueue \u2192 published (s)", [
-    { label: "average", stroke: "#12b76a" },
-    { label: "max", stroke: "#f79009" },
+    { label: "average", stroke: "#12b76a", spanGaps: true, points: { show: true } },
+    { label: "max", stroke: "#f79009", spanGaps: true, points: { show: true } },
   ], [s.minutes, s.lag_avg_s, s.lag_max_s], lag);
   return section;
 }
