@@ -13,6 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
+import psycopg2
+
 from outbox_di import database, errors, models, operations, schema
 
 Table = Literal["outbox", "inbox"]
@@ -122,10 +124,11 @@ class PostgresBackend:
                 with conn, conn.cursor() as cursor:
                     cursor.execute(query.sql, values)
                     return list(cursor.fetchall())
-            except Exception as exc:
+            except psycopg2.Error as exc:
                 raise errors.DatabaseError(f"{name} failed: {exc}".strip()) from exc
 
     def schemas(self) -> list[str]:
+        # dashboard_schemas names no schema: "public" only renders the (unused) placeholder.
         names = [row[0] for row in self._rows("public", "dashboard_schemas", {})]
         return [name for name in names if not schema.schema_name_problems(name)]
 
