@@ -37,6 +37,7 @@ integration: $(STAMP)
 # The dashboard's browser test drives Debian's chromium (Playwright never downloads its own).
 chromium:
 	@test -x /usr/bin/chromium || apt-get install -y chromium || \
+	  { apt-get update && apt-get install -y chromium; } || \
 	  echo "chromium: could not install it; the dashboard's browser test will be skipped"
 
 integration: chromium

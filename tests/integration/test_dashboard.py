@@ -197,9 +197,11 @@ def test_cli_bad_input_names_the_flag(outbox_dsn: str, capsys: pytest.CaptureFix
 def chromium() -> str:
     """Debian's chromium, installed with apt-get when missing (skips only if that fails)."""
     if not os.path.exists(CHROMIUM) and shutil.which("apt-get"):
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, timeout=600
-        )
+        install = ["apt-get", "install", "-y", "-q", "chromium"]
+        if subprocess.run(install, capture_output=True, timeout=600).returncode != 0:
+            # A fresh machine may have no package lists yet.
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=300)
+            subprocess.run(install, capture_output=True, timeout=600)
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing and `apt-get install -y chromium` did not install it")
     return CHROMIUM
@@ -274,6 +276,8 @@ def test_browser_shows_the_counts_and_retries_a_dead_event(
                 dialog.dismiss()
 
             page.on("dialog", on_dialog)
+            console: list[str] = []
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
             page.goto(server)
             page.wait_for_selector("body[data-loaded=true]", timeout=10000)
             section = page.locator(f"section[data-schema={outbox_schema}]")
@@ -300,6 +304,7 @@ def test_browser_shows_the_counts_and_retries_a_dead_event(
             expect(page.locator("#message")).to_contain_text("made pending again")
             expect(section.locator("[data-testid=outbox-pending] .value")).to_have_text("4")
             assert alerts == []
+            assert [line for line in console if line.startswith("error")] == []
         finally:
             browser.close()
     assert _status_of(outbox_dsn, outbox_schema, dead_id) == "pending"
