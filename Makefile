@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit integration demo bench chaos chaos-breaks tox clean
+.PHONY: help venv chromium test lint typecheck unit integration demo bench chaos chaos-breaks tox clean
 
 help:
 	@echo "make demo   - the FastAPI catalog example and a second service's inbox, end to end"
@@ -34,7 +34,15 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration
 
-test: lint typecheck
+# The dashboard's browser test drives Debian's chromium (Playwright never downloads its own).
+chromium:
+	@test -x /usr/bin/chromium || apt-get install -y chromium || \
+	  { apt-get update && apt-get install -y chromium; } || \
+	  echo "chromium: could not install it; the dashboard's browser test will be skipped"
+
+integration: chromium
+
+test: lint typecheck chromium
 	$(BIN)/pytest
 
 demo: $(STAMP)

@@ -47,6 +47,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535 (``--port``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 65535, got {value}")
+    return value
+
+
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settings", action="append", metavar="FILE", dest="settings", help=_SETTINGS_HELP
@@ -181,6 +192,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=1000, help="rows per batch (1000)"
     )
     purge.add_argument("--json", action="store_true", help="machine-readable output")
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve a web dashboard: backlog, publish rate and lag, dead events (no login)",
+        description="Binds 127.0.0.1 by default and has no login: put it behind your own "
+        "authentication before exposing it. Needs the aiohttp extra.",
+    )
+    chosen_schemas = dashboard.add_mutually_exclusive_group()
+    chosen_schemas.add_argument(
+        "--schema",
+        help="schema name(s), comma-separated (default: $OUTBOX_SCHEMA, else schema "
+        "in the settings files)",
+    )
+    chosen_schemas.add_argument(
+        "--all-schemas",
+        action="store_true",
+        help="every schema holding an outbox_schema_version table (looked up on each page load)",
+    )
+    _add_dsn(dashboard)
+    _add_settings(dashboard)
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    dashboard.add_argument("--port", type=_port, default=8089, help="port to listen on (8089)")
+    dashboard.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="show the retry and discard buttons and accept their POSTs (default: read-only)",
+    )
+    dashboard.add_argument(
+        "--lock-ttl", default="30s", help="leases younger than this count as in flight (30s)"
+    )
 
     worker = commands.add_parser(
         "worker",
@@ -545,6 +586,55 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def dashboard_schemas(text: str) -> list[str]:
+    """The names of ``--schema a,b,...``, each validated; a clear error names the flag."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise UsageError(f"--schema: an empty name in {text!r}; give names like catalog,billing")
+    for name in names:
+        problems = schema.schema_name_problems(name)
+        if problems:
+            raise UsageError(
+                f"--schema: bad schema name {name!r}: {'; '.join(problems)}; give names like "
+                "catalog,billing, or --all-schemas"
+            )
+    return names
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    dsn = _dsn_arg(args)
+    names: list[str] = []
+    if not args.all_schemas:
+        given = _setting(args, "schema", "--schema", alternative=" (or --all-schemas)")
+        names = dashboard_schemas(given)
+    lock_ttl = _duration(args.lock_ttl, "--lock-ttl")
+    try:
+        from outbox_di.dashboard import aiohttp as dashboard_server
+    except ImportError as exc:
+        raise UsageError(
+            f"the dashboard server needs aiohttp ({exc}): pip install 'outbox_di[aiohttp]'"
+        ) from exc
+    from outbox_di.dashboard import Dashboard
+
+    board = Dashboard.from_dsn(
+        dsn,
+        names,
+        all_schemas=args.all_schemas,
+        allow_actions=args.allow_actions,
+        lock_ttl=lock_ttl,
+    )
+    with database.connect(dsn):  # a wrong DSN is said now, not on the first page load
+        pass
+    shown = "every outbox_di schema" if args.all_schemas else ", ".join(names)
+    mode = "retry and discard allowed" if args.allow_actions else "read-only"
+    print(
+        f"outbox-di dashboard: http://{args.host}:{args.port}/ ({shown}; {mode}; no login)",
+        flush=True,
+    )
+    dashboard_server.serve(board, args.host, args.port)
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from outbox_di import worker
 
@@ -559,6 +649,7 @@ _COMMANDS = {
     "status": _status,
     "dead": _dead,
     "purge": _purge,
+    "dashboard": _dashboard,
 }
 
 

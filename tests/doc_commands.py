@@ -247,10 +247,24 @@ EXCEPTIONS: dict[str, tuple[str, Callable[[], None]]] = {
         "needs the server of the uvicorn line above; tests/e2e/test_catalog_django.py reads it",
         _defined(DJANGO_EXAMPLE, "catalog_site.urls:urlpatterns"),
     ),
+    "pip install 'outbox_di[aiohttp]'": (
+        "installs the published package from the network",
+        _extras_exist("aiohttp"),
+    ),
+    'outbox-di dashboard --dsn "$DATABASE_URL" --schema catalog,billing': (
+        "serves until stopped; tests/integration/test_dashboard.py serves the dashboard",
+        _script_takes("outbox_di/cli.py", "--schema", "--host", "--port"),
+    ),
+    'outbox-di dashboard --dsn "$DATABASE_URL" --all-schemas --allow-actions --port 8090': (
+        "serves until stopped; tests/integration/test_dashboard.py serves the dashboard",
+        _script_takes("outbox_di/cli.py", "--all-schemas", "--allow-actions", "--port"),
+    ),
 }
 """Commands that cannot run in a test, keyed like :attr:`Command.key`: why, and a check of
 what they name (a make target, an extra, a script's option, an importable ``module:attribute``)."""
 
 
 def is_run(command: Command) -> bool:
+    if command.key in EXCEPTIONS:  # outbox-di dashboard serves until stopped
+        return False
     return command.program in RUN_PROGRAMS or command.key in RUN_COMMANDS
