@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import psycopg2.errors
 import pytest
 from google.pubsub_v1.types import PullResponse
 from opentelemetry import trace
@@ -210,13 +211,18 @@ async def test_each_event_takes_effect_exactly_once_through_redeliveries_and_a_k
     cfg_b = _config_b(schema_b, outbox_dsn, host, topic.name)
     insert_effect = _in("INSERT INTO {}.effects (event_id, n) VALUES (%s, %s)", schema_b)
     handler_runs = 0
+    second_effects: list[str] = []  # event ids whose effect was attempted a second time
     killed = asyncio.Event()
 
     @transactional
     async def take_effect(event: models.InboxEvent, session: Any) -> None:
         """B's transactional handler: a plain INSERT, so a second effect fails loudly."""
         nonlocal handler_runs
-        await session.execute(insert_effect, (event.event_id, event.json()["n"]))
+        try:
+            await session.execute(insert_effect, (event.event_id, event.json()["n"]))
+        except psycopg2.errors.UniqueViolation:
+            second_effects.append(event.event_id)
+            raise
         handler_runs += 1
         if handler_runs == KILL_AT and not killed.is_set():
             killed.set()
@@ -296,15 +302,17 @@ async def test_each_event_takes_effect_exactly_once_through_redeliveries_and_a_k
         f"({len(rolled_back)} rolled back); acknowledgements swallowed for "
         f"{len(client.swallowed)} messages; B's receiver counted {receiver.stats.duplicates} "
         f"duplicates of {receiver.stats.received} deliveries; {retaken} rows taken over from the "
-        f"killed worker (lease expired); handler runs {handler_runs}"
+        f"killed worker (lease expired); handler runs {handler_runs}; handler failures "
+        f"(timeouts on a loaded machine, retried) {first.stats.failed + second.stats.failed}"
     )
     assert len(committed) == EVENTS and rolled_back
     assert sorted(effects) == sorted(committed), "each committed event's effect exactly once"
     assert not rolled_back & set(inbox_ids), "a rolled-back enqueue must never be delivered"
     assert len(inbox_ids) == EVENTS
     assert pending_a == 0 and pending_b == 0 and dead_b == 0
-    # A second effect of an event would have failed its INSERT: no handler ever failed.
-    assert first.stats.failed == 0 and second.stats.failed == 0
+    # A second effect of an event fails its INSERT: none was ever attempted. (A handler that
+    # timed out on a busy machine was rolled back and retried; that is not a second effect.)
+    assert second_effects == [], "an event's effect was attempted twice"
     assert first.stats.processed > 0 and second.stats.processed > 0
     assert retaken > 0, "the killed worker left leased rows behind"
     assert len(client.swallowed) >= DROP_ACKS_OF
