@@ -199,17 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Binds 127.0.0.1 by default and has no login: put it behind your own "
         "authentication before exposing it. Needs the aiohttp extra.",
     )
-    chosen_schemas = dashboard.add_mutually_exclusive_group()
-    chosen_schemas.add_argument(
-        "--schema",
-        help="schema name(s), comma-separated (default: $OUTBOX_SCHEMA, else schema "
-        "in the settings files)",
-    )
-    chosen_schemas.add_argument(
-        "--all-schemas",
-        action="store_true",
-        help="every schema holding an outbox_schema_version table (looked up on each page load)",
-    )
+    _add_schemas(dashboard)
     _add_dsn(dashboard)
     _add_settings(dashboard)
     dashboard.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
@@ -234,12 +224,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="the inbox handlers: an InboxHandlers, a mapping, or a factory called with the "
         "worker's container, e.g. myservice.inbox:handlers",
     )
+    _add_schemas(
+        worker,
+        "schema name(s), comma-separated: one runs that service's workers, several one relay "
+        "for all of them (default: schema, or schemas, in the settings)",
+    )
     _add_settings(worker)
     return parser
 
 
+_SCHEMAS_HELP = (
+    "schema name(s), comma-separated (default: $OUTBOX_SCHEMA, else schema in the settings files)"
+)
+
+
+def _add_schemas(parser: argparse.ArgumentParser, text: str = _SCHEMAS_HELP) -> None:
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--schema", help=text)
+    chosen.add_argument(
+        "--all-schemas",
+        action="store_true",
+        help="every schema holding an outbox (an outbox_schema_version table)",
+    )
+
+
 def _add_schema_dsn(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--schema", help=_SCHEMA_HELP)
+    _add_schemas(parser)
     _add_dsn(parser)
     _add_settings(parser)
 
@@ -448,22 +458,64 @@ def _duration(value: str, flag: str) -> float:
     return seconds
 
 
+def _schema_names(args: argparse.Namespace, conn: Any | None = None) -> list[str]:
+    """``--schema a,b`` (each name checked), or with ``--all-schemas`` every outbox schema of the
+    database behind ``conn``."""
+    if getattr(args, "all_schemas", False):
+        if conn is None:
+            raise UsageError("--all-schemas needs the database (--dsn)")
+        names = operations.schemas(conn)
+        if not names:
+            raise UsageError("--all-schemas: no schema of this database holds an outbox")
+        return names
+    return schema_list(_setting(args, "schema", "--schema", alternative=" (or --all-schemas)"))
+
+
+def _labelled(
+    names: Sequence[str], name: str, lines: list[tuple[str, ...]]
+) -> list[tuple[str, ...]]:
+    """Table rows with a first ``schema`` column when the command covers several schemas."""
+    if len(names) == 1:
+        return lines
+    return [("schema", *lines[0])] + [(name, *line) for line in lines[1:]]
+
+
 def _status(args: argparse.Namespace) -> int:
-    name = _schema_arg(args)
     dsn = _dsn_arg(args)
+    if not args.all_schemas:
+        _schema_names(args)  # a bad name is said before connecting
     lock_ttl = _duration(args.lock_ttl, "--lock-ttl")  # before connecting: a typo is said at once
+    found: list[tuple[str, list[operations.StatusRow]]] = []
     with database.connect(dsn) as conn:
-        rows = operations.status(conn, name, lock_ttl=lock_ttl)
-    if args.table is not None:
-        rows = [row for row in rows if row.table == args.table]
+        names = _schema_names(args, conn)
+        for name in names:
+            rows = operations.status(conn, name, lock_ttl=lock_ttl)
+            if args.table is not None:
+                rows = [row for row in rows if row.table == args.table]
+            found.append((name, rows))
     if args.json:
-        print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+        shown = [
+            ({"schema": name} if len(names) > 1 else {}) | dataclasses.asdict(row)
+            for name, rows in found
+            for row in rows
+        ]
+        print(json.dumps(shown, indent=2))
         return 0
-    if not rows:
-        where = f" in the {args.table}" if args.table else ""
-        print(f"schema {name!r}: nothing pending, nothing dead{where}")
-        return 0
-    header = (
+    table: list[tuple[str, ...]] = []
+    for name, rows in found:
+        if not rows:
+            where = f" in the {args.table}" if args.table else ""
+            print(f"schema {name!r}: nothing pending, nothing dead{where}")
+            continue
+        lines = _status_lines(rows)
+        table.extend(_labelled(names, name, lines)[0 if not table else 1 :])
+    if table:
+        _print_table(table)
+    return 0
+
+
+def _status_lines(rows: Sequence[operations.StatusRow]) -> list[tuple[str, ...]]:
+    header: tuple[str, ...] = (
         "table",
         "consumer",
         "event type",
@@ -473,7 +525,7 @@ def _status(args: argparse.Namespace) -> int:
         "dead",
         "oldest pending",
     )
-    lines = [header] + [
+    lines: list[tuple[str, ...]] = [header] + [
         (
             row.table,
             row.consumer or "-",
@@ -486,8 +538,7 @@ def _status(args: argparse.Namespace) -> int:
         )
         for row in rows
     ]
-    _print_table(lines)
-    return 0
+    return lines
 
 
 def printable(text: str) -> str:
@@ -513,80 +564,121 @@ def _aggregate(aggregate_type: str, aggregate_id: str) -> str:
 
 
 def _dead(args: argparse.Namespace) -> int:
-    name = _schema_arg(args)
     dsn = _dsn_arg(args)
+    if not args.all_schemas:
+        _schema_names(args)  # a bad name is said before connecting
     with database.connect(dsn) as conn:
+        names = _schema_names(args, conn)
         if args.dead_command == "list":
-            dead = operations.dead_list(
-                conn, name, args.table, event_type=args.event_type, limit=args.limit
-            )
-            if args.json:
-                print(json.dumps([dataclasses.asdict(r) for r in dead], indent=2, default=str))
-            elif not dead:
-                print(f"no dead {args.table} events in schema {name!r}")
-            else:
-                lines = [
-                    ("event id", "consumer", "event type", "aggregate", "attempts", "last error")
-                ] + [
-                    (
-                        r.event_id,
-                        r.consumer or "-",
-                        r.event_type,
-                        _aggregate(r.aggregate_type, r.aggregate_id),
-                        str(r.delivery_attempts),
-                        (r.last_error or "")[:80],
-                    )
-                    for r in dead
-                ]
-                _print_table(lines)
+            _dead_list(args, conn, names)
             return 0
         action = operations.dead_retry if args.dead_command == "retry" else operations.dead_discard
-        changed = action(
-            conn,
-            name,
-            args.table,
-            select_all=args.all,
-            event_type=args.event_type,
-            event_ids=args.ids or (),
-        )
+        counts = {
+            name: action(
+                conn,
+                name,
+                args.table,
+                select_all=args.all,
+                event_type=args.event_type,
+                event_ids=args.ids or (),
+            )
+            for name in names
+        }
     verb = "made pending again" if args.dead_command == "retry" else "discarded"
-    if args.json:
-        print(json.dumps({"table": args.table, "action": args.dead_command, "count": changed}))
-    else:
-        print(f"{changed} dead {args.table} event(s) {verb}")
+    for name, changed in counts.items():
+        if args.json:
+            shown = {"table": args.table, "action": args.dead_command, "count": changed}
+            print(json.dumps(({"schema": name} if len(names) > 1 else {}) | shown))
+        elif len(names) > 1:
+            print(f"schema {name!r}: {changed} dead {args.table} event(s) {verb}")
+        else:
+            print(f"{changed} dead {args.table} event(s) {verb}")
     return 0
+
+
+def _dead_list(args: argparse.Namespace, conn: Any, names: Sequence[str]) -> None:
+    table: list[tuple[str, ...]] = []
+    shown: list[dict[str, Any]] = []
+    for name in names:
+        dead = operations.dead_list(
+            conn, name, args.table, event_type=args.event_type, limit=args.limit
+        )
+        if args.json:
+            labelled = {"schema": name} if len(names) > 1 else {}
+            shown.extend(labelled | dataclasses.asdict(r) for r in dead)
+            continue
+        if not dead:
+            print(f"no dead {args.table} events in schema {name!r}")
+            continue
+        header: tuple[str, ...] = (
+            "event id",
+            "consumer",
+            "event type",
+            "aggregate",
+            "attempts",
+            "last error",
+        )
+        lines: list[tuple[str, ...]] = [header] + [
+            (
+                r.event_id,
+                r.consumer or "-",
+                r.event_type,
+                _aggregate(r.aggregate_type, r.aggregate_id),
+                str(r.delivery_attempts),
+                (r.last_error or "")[:80],
+            )
+            for r in dead
+        ]
+        table.extend(_labelled(names, name, lines)[0 if not table else 1 :])
+    if args.json:
+        print(json.dumps(shown, indent=2, default=str))
+    elif table:
+        _print_table(table)
 
 
 def _purge(args: argparse.Namespace) -> int:
-    name = _schema_arg(args)
     dsn = _dsn_arg(args)
+    if not args.all_schemas:
+        _schema_names(args)  # a bad name is said before connecting
     older_than = _duration(args.older_than, "--older-than")
     interactive = sys.stderr.isatty() and not args.json
-
-    def progress(total: int) -> None:
-        if interactive:
-            print(f"\rpurging {args.table}: {total} rows deleted", end="", file=sys.stderr)
-
+    state = "published" if args.table == "outbox" else "processed"
     with database.connect(dsn) as conn:
-        total = operations.purge(
-            conn,
-            name,
-            args.table,
-            older_than=older_than,
-            batch_size=args.batch_size,
-            progress=progress,
-        )
-    if interactive:
-        print(file=sys.stderr)
-    if args.json:
-        print(json.dumps({"table": args.table, "deleted": total}))
-    else:
-        state = "published" if args.table == "outbox" else "processed"
-        print(f"purged {total} {state} {args.table} row(s) older than {args.older_than}")
+        names = _schema_names(args, conn)
+        for name in names:
+
+            def progress(total: int, name: str = name) -> None:
+                if interactive:
+                    where = f" of {name}" if len(names) > 1 else ""
+                    print(
+                        f"\rpurging {args.table}{where}: {total} rows deleted",
+                        end="",
+                        file=sys.stderr,
+                    )
+
+            total = operations.purge(
+                conn,
+                name,
+                args.table,
+                older_than=older_than,
+                batch_size=args.batch_size,
+                progress=progress,
+            )
+            if interactive:
+                print(file=sys.stderr)
+            if args.json:
+                shown = {"table": args.table, "deleted": total}
+                print(json.dumps(({"schema": name} if len(names) > 1 else {}) | shown))
+            else:
+                where = f" of schema {name!r}" if len(names) > 1 else ""
+                print(
+                    f"purged {total} {state} {args.table} row(s){where} older than "
+                    f"{args.older_than}"
+                )
     return 0
 
 
-def dashboard_schemas(text: str) -> list[str]:
+def schema_list(text: str) -> list[str]:
     """The names of ``--schema a,b,...``, each validated; a clear error names the flag."""
     names = [name.strip() for name in text.split(",")]
     if not all(names):
@@ -606,7 +698,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     names: list[str] = []
     if not args.all_schemas:
         given = _setting(args, "schema", "--schema", alternative=" (or --all-schemas)")
-        names = dashboard_schemas(given)
+        names = schema_list(given)
     lock_ttl = _duration(args.lock_ttl, "--lock-ttl")
     try:
         from outbox_di.dashboard import aiohttp as dashboard_server
@@ -638,7 +730,12 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from outbox_di import worker
 
-    return worker.run(args.settings, handlers=args.handlers)
+    schemas: list[str] | None = None
+    if args.all_schemas:
+        schemas = [config.ALL_SCHEMAS]
+    elif args.schema:
+        schemas = schema_list(args.schema)
+    return worker.run(args.settings, handlers=args.handlers, schemas=schemas)
 
 
 _COMMANDS = {

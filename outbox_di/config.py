@@ -28,6 +28,7 @@ __all__ = [
     "PoolConfig",
     "PubSubConfig",
     "PublisherConfig",
+    "RetentionConfig",
     "closest_key",
     "is_free_form",
     "normalize_dsn",
@@ -119,6 +120,45 @@ def _as_bool(value: object, key: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
         hint = " (write true or false without quotes)"
     raise ValueError(f"{key}: must be true or false, got {_describe(value)}{hint}")
+
+
+ALL_SCHEMAS = "*"
+"""``schemas = "*"``: every schema of the database holding an outbox (rescanned while running)."""
+
+
+def _as_schema_list(value: object, key: str) -> tuple[str, ...]:
+    # A list, or one comma-separated string (what an OUTBOX_SCHEMAS variable holds).
+    if isinstance(value, str):
+        items: list[object] = list(value.split(",")) if value.strip() else []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError(
+            f"{key}: must be a list of schema names (['catalog', 'billing']), a comma-separated "
+            f"string ('catalog,billing') or '*' (every outbox schema), got {_describe(value)}"
+        )
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{key}: every entry must be a schema name, got {_describe(item)}")
+        names.append(item.strip())
+    return tuple(names)
+
+
+def _schema_names(value: Any, key: str) -> Iterator[str]:
+    if value == (ALL_SCHEMAS,):
+        return
+    seen: set[str] = set()
+    for name in value:
+        if name == ALL_SCHEMAS:
+            yield f"{key}: '*' (every outbox schema) must stand alone, got {list(value)!r}"
+        elif not name:
+            yield f"{key}: an empty schema name in {list(value)!r}"
+        elif name in seen:
+            yield f"{key}: schema {name!r} is listed twice"
+        else:
+            seen.add(name)
+            yield from _schema_name(name, key)
 
 
 def _as_int(value: object, key: str) -> int:
@@ -268,10 +308,33 @@ def _resource_problem(value: str, key: str, kind: str, pattern: re.Pattern[str])
     )
 
 
+SCHEMA_PLACEHOLDER = "{schema}"
+"""Written in a topic name, it stands for the schema whose events are published (a relay of
+several schemas publishes each to its own topic)."""
+
+
 def _topic(value: Any, key: str) -> Iterator[str]:
-    problem = _resource_problem(value, key, "topic", _TOPIC_RE)
+    problem = _topic_problem(value, key)
     if problem:
         yield problem
+
+
+def _topic_problem(value: str, key: str) -> str | None:
+    # {schema} is checked here as a typical name; the relay checks each topic it becomes again.
+    shown = value.replace(SCHEMA_PLACEHOLDER, "schema")
+    if _TOPIC_RE.fullmatch(shown):
+        return None
+    return _resource_problem(value, key, "topic", _TOPIC_RE)
+
+
+def topic_for_schema(topic: str, schema_name: str, key: str) -> str:
+    """``topic`` with ``{schema}`` replaced by ``schema_name``; a clear error when the result is
+    not a topic name."""
+    made = topic.replace(SCHEMA_PLACEHOLDER, schema_name)
+    problem = _resource_problem(made, key, "topic", _TOPIC_RE)
+    if problem:
+        raise errors.ConfigError([f"{problem} (from {topic!r} for schema {schema_name!r})"])
+    return made
 
 
 def _subscription(value: Any, key: str) -> Iterator[str]:
@@ -287,7 +350,7 @@ def _routes(value: Any, key: str) -> Iterator[str]:
         elif not isinstance(topic, str):
             yield f"{key}.{route}: must be a topic string, got {_describe(topic)}"
         else:
-            problem = _resource_problem(topic, f"{key}.{route}", "topic", _TOPIC_RE)
+            problem = _topic_problem(topic, f"{key}.{route}")
             if problem:
                 yield problem
 
@@ -529,6 +592,9 @@ class OutboxConfig:
             )
         )
     )
+    schemas: tuple[str, ...] = _setting((), _as_schema_list, _schema_names)
+    """The schemas one relay process serves (``outbox-di worker``); ``("*",)``: every outbox
+    schema. Empty: ``schema`` alone."""
     run_workers: bool = _setting(True, _as_bool)
     pool: PoolConfig = dataclasses.field(default_factory=PoolConfig, metadata=_section(PoolConfig))
     pubsub: PubSubConfig = dataclasses.field(
@@ -589,7 +655,7 @@ class OutboxConfig:
             raise errors.ConfigError([problem])
         problems: list[str] = []
         invalid: set[str] = set()
-        config = _build(cls, data, "", problems, invalid)
+        config = _build(cls, _schema_from_schemas(data), "", problems, invalid)
         assert isinstance(config, OutboxConfig)
         problems.extend(_check(config, "", invalid))
         if problems:
@@ -676,6 +742,22 @@ def _build(
     return cls(**kwargs)
 
 
+def _schema_from_schemas(data: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    """``schema`` is optional when ``schemas`` is given: the first one listed stands for it
+    (``public`` for ``"*"``) where a single schema is needed (the relay serves them all)."""
+    keys = {key.lower(): key for key in data if isinstance(key, str)}
+    if "schema" in keys or "schemas" not in keys:
+        return data
+    try:
+        names = _as_schema_list(data[keys["schemas"]], "schemas")
+    except ValueError:
+        return data  # reported by _build, with schema's own "required" problem
+    if not names:
+        return data
+    first = "public" if names[0] == ALL_SCHEMAS else names[0]
+    return {**data, "schema": first}
+
+
 def _check(obj: Any, prefix: str, invalid: set[str]) -> Iterator[str]:
     """Yield the type, range and cross-field problems of a built section, recursively."""
     values: dict[str, Any] = {}
@@ -721,6 +803,8 @@ def _to_dict(obj: Any) -> dict[str, Any]:
             result[field.name] = _to_dict(value)
         elif spec.free_form:
             result[field.name] = dict(value)
+        elif isinstance(value, tuple):
+            result[field.name] = list(value)  # plain values only (schemas)
         else:
             result[field.name] = value
     return result

@@ -46,6 +46,7 @@ LOG_FIELDS = (
     "consumer",
     "lock_token",
     "error",
+    "schema",
 )
 _LOG_FIELD_SET = frozenset(LOG_FIELDS)
 

@@ -58,6 +58,14 @@ def _run(conn: Any, schema_name: str, name: str, values: dict[str, object]) -> A
         raise errors.DatabaseError(f"{name} failed: {exc}".strip()) from exc
 
 
+def schemas(conn: Any) -> list[str]:
+    """Every schema of the database holding an outbox (an ``outbox_schema_version`` table), by
+    name; names ``migrate`` would refuse are left out."""
+    # outbox_schemas names no schema: "public" only renders the (unused) placeholder.
+    names = [row[0] for row in _run(conn, "public", "outbox_schemas", {})]
+    return [name for name in names if not schema.schema_name_problems(name)]
+
+
 def status(conn: Any, schema_name: str, *, lock_ttl: float = 30.0) -> list[StatusRow]:
     """Pending, in flight (leased within ``lock_ttl``), failing, dead and the oldest pending
     age, per event type, for the outbox and the inbox."""

@@ -130,4 +130,3 @@ class Retention:
                     processed,
                     self.config.processed_retention,
                 )
-

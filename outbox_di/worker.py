@@ -1,4 +1,5 @@
-"""``outbox-di worker``: the workers of a service that deploys them apart from its web process."""
+"""``outbox-di worker``: the workers of a service that deploys them apart from its web process,
+or one relay for several schemas (``--schema a,b,c``, ``--all-schemas``, ``schemas``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dependency_injector import providers
 
 from outbox_di import config as config_module
-from outbox_di import containers, errors, observability, settings
+from outbox_di import containers, database, errors, fleet, observability, settings
 from outbox_di.inbox import handlers as handlers_module
 from outbox_di.publishing import pubsub
 
@@ -131,15 +132,64 @@ def _call_factory(
         raise errors.ConfigError([f"--handlers: {reference}(container): {exc}"]) from exc
 
 
+async def serve_fleet(config: config_module.OutboxConfig, stop: asyncio.Event) -> None:
+    """Relay every schema of ``config.schemas`` from this process until ``stop``: one pool, one
+    LISTEN connection, one Pub/Sub client, the loops shared (see :mod:`outbox_di.fleet`)."""
+    async with database.open_pool(
+        config.dsn,
+        min_size=1,
+        # The loops, the LISTEN connection, the backlog gauges and a retention batch.
+        max_size=max(config.pool.max_size, config.publisher.workers + 3),
+        connect_timeout=config.pool.connect_timeout,
+        application_name="outbox_di relay",
+        settings=database.RELAY_SETTINGS,
+    ) as pool:
+        client = pubsub.make_client(config)
+        relay = fleet.FleetRelay(
+            config,
+            pool,
+            lambda member: pubsub.PubSubPublisher(member, client=client),
+            observability.logger,
+            observability.get_meter(),
+        )
+        try:
+            try:
+                with pubsub.stop_startup_on(stop):
+                    await relay.start()
+            except errors.StartAborted as exc:
+                observability.logger.info("outbox-di worker: %s", exc)
+                return
+            print(f"outbox-di worker: serving {', '.join(relay.schemas)}", flush=True)
+            await stop.wait()
+        finally:
+            await relay.stop()
+            await client.transport.close()
+            print(f"outbox-di worker: {relay.published} event(s) published", flush=True)
+
+
 def run(
     settings_files: Sequence[str | os.PathLike[str]] | None = None,
     *,
     handlers: str | None = None,
+    schemas: Sequence[str] | None = None,
 ) -> int:
-    """Run until SIGINT or SIGTERM; the in-flight batches drain within ``shutdown_timeout``."""
+    """Run until SIGINT or SIGTERM; the in-flight batches drain within ``shutdown_timeout``.
+
+    ``schemas`` (``--schema``, ``--all-schemas``: ``["*"]``) overrides the settings: one name
+    runs that service's workers, several (or ``"*"``, or ``schemas`` in the settings) run one
+    relay for all of them.
+    """
     # The module is imported first: a wrong --handlers is reported before the settings are.
     found = _find_handlers(handlers) if handlers is not None else None
     mapping = settings.load_mapping(settings_files)
+    if schemas is not None:
+        if len(schemas) == 1 and schemas[0] != config_module.ALL_SCHEMAS:
+            mapping["schema"] = schemas[0]
+            mapping.pop("schemas", None)
+        else:
+            mapping["schemas"] = list(schemas)
+    if mapping.get("schemas"):
+        return _run_fleet(mapping, handlers)
     container = containers.OutboxContainer(config=mapping)
     if handlers is not None and found is not None:
         if not isinstance(found, handlers_module.InboxHandlers):
@@ -152,6 +202,28 @@ def run(
             observability.logger.info("outbox-di worker started for schema %r", config.schema)
             print(f"outbox-di worker: {describe(config)}; stop with Ctrl-C or SIGTERM", flush=True)
             await serve(container, stop)
+        print("outbox-di worker: stopped", flush=True)
+
+    asyncio.run(main())
+    return 0
+
+
+def _run_fleet(mapping: dict[str, object], handlers: str | None) -> int:
+    if handlers is not None:
+        raise errors.ConfigError(
+            [
+                "--handlers: a relay of several schemas runs no inbox; run each service's "
+                "inbox handlers in a worker of its own (outbox-di worker --schema <one>)"
+            ]
+        )
+    config = config_module.OutboxConfig.from_mapping(mapping)
+    shown = fleet.describe(list(config.schemas), config)
+
+    async def main() -> None:
+        with stop_on_signals() as stop:
+            observability.logger.info("outbox-di worker started: %s", shown)
+            print(f"outbox-di worker: {shown}; stop with Ctrl-C or SIGTERM", flush=True)
+            await serve_fleet(config, stop)
         print("outbox-di worker: stopped", flush=True)
 
     asyncio.run(main())

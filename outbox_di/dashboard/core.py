@@ -129,9 +129,8 @@ class PostgresBackend:
                 raise errors.DatabaseError(f"{name} failed: {exc}".strip()) from exc
 
     def schemas(self) -> list[str]:
-        # dashboard_schemas names no schema: "public" only renders the (unused) placeholder.
-        names = [row[0] for row in self._rows("public", "dashboard_schemas", {})]
-        return [name for name in names if not schema.schema_name_problems(name)]
+        with database.connect(self._dsn) as conn:
+            return operations.schemas(conn)
 
     def status(self, schema_name: str) -> list[operations.StatusRow]:
         with database.connect(self._dsn) as conn:

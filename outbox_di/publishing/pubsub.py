@@ -72,16 +72,21 @@ def _project(settings: config_module.OutboxConfig) -> str | None:
 
 class TopicRouter:
     """Chooses each event's topic: ``topics[event_type]``, else ``topics[aggregate_type]``,
-    else ``topic``. Names are resolved once, at construction."""
+    else ``topic``. Names are resolved once, at construction, ``{schema}`` in them replaced by
+    the schema's name."""
 
     def __init__(self, settings: config_module.OutboxConfig) -> None:
         project = _project(settings)
         publisher = settings.publisher
-        self.default = (
-            resolve_topic(publisher.topic, project, "publisher.topic") if publisher.topic else None
-        )
+
+        def resolve(topic: str, key: str) -> str:
+            # {schema} in a name: this schema's topic (one relay, several schemas).
+            named = config_module.topic_for_schema(topic, settings.schema, key)
+            return resolve_topic(named, project, key)
+
+        self.default = resolve(publisher.topic, "publisher.topic") if publisher.topic else None
         self.routes = {
-            route: resolve_topic(topic, project, f"publisher.topics.{route}")
+            route: resolve(topic, f"publisher.topics.{route}")
             for route, topic in publisher.topics.items()
         }
 

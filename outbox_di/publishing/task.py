@@ -136,7 +136,7 @@ class PublisherTask:
         for task in self._helpers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._release_leftovers()
+        await self.release_claims()
 
     async def __aenter__(self) -> PublisherTask:
         await self.start()
@@ -145,7 +145,8 @@ class PublisherTask:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    async def _release_leftovers(self) -> None:
+    async def release_claims(self) -> None:
+        """Give back the leases of batches left in flight (after their loops were stopped)."""
         claims = list(self._claims.values())
         self._claims.clear()
         for claim in claims:
@@ -157,6 +158,7 @@ class PublisherTask:
                     "after lock_ttl (%.0fs)",
                     len(claim.event_ids),
                     self.settings.lock_ttl,
+                    extra=self._extra(),
                 )
 
     # -- the loop --------------------------------------------------------------------------
@@ -179,14 +181,16 @@ class PublisherTask:
                     rng=self._rng,
                 )
                 self.logger.warning(
-                    "outbox publisher %d: %s (%s); retrying in %.1fs",
+                    "outbox publisher %d of schema %s: %s (%s); retrying in %.1fs",
                     number,
+                    self.config.schema,
                     "database unavailable"
                     if isinstance(exc, errors.DatabaseError)
                     else "unexpected error",
                     exc,
                     delay,
                     exc_info=not isinstance(exc, errors.DatabaseError),
+                    extra=self._extra(),
                 )
                 await self._sleep(delay)
                 continue
@@ -265,13 +269,15 @@ class PublisherTask:
                 lost = len(published) - changed
                 self.stats.lease_lost += lost
                 self.logger.warning(
-                    "outbox publisher %d: lease lost on %d of %d published events (lock token "
-                    "%s; another worker took them after lock_ttl); they may be published twice",
+                    "outbox publisher %d of schema %s: lease lost on %d of %d published events "
+                    "(lock token %s; another worker took them after lock_ttl); they may be "
+                    "published twice",
                     number,
+                    self.config.schema,
                     lost,
                     len(published),
                     token,
-                    extra=observability.log_extra(lock_token=str(token)),
+                    extra=self._extra(lock_token=str(token)),
                 )
             self._record_success(published, latency_ms, acked_at)
             if debug:
@@ -326,7 +332,7 @@ class PublisherTask:
                 event.delivery_attempts,
                 latency_ms,
                 lag_ms,
-                extra=observability.log_extra(
+                extra=self._extra(
                     event_id=str(event.event_id),
                     aggregate_id=event.aggregate_id,
                     event_type=event.event_type,
@@ -375,7 +381,7 @@ class PublisherTask:
             attempt = event.delivery_attempts
             self.stats.failed += 1
             self.metrics.failed(event.event_type)
-            extra = observability.log_extra(
+            extra = self._extra(
                 event_id=str(event.event_id),
                 aggregate_id=event.aggregate_id,
                 event_type=event.event_type,
@@ -434,7 +440,7 @@ class PublisherTask:
     ) -> None:
         """A fenced statement about one event changed nothing: count it and say so."""
         self.stats.lease_lost += 1
-        fields = dict(extra) if extra else observability.log_extra(event_id=str(event_id))
+        fields = dict(extra) if extra else self._extra(event_id=str(event_id))
         fields["lock_token"] = str(token)
         self.logger.warning(
             "outbox event %s: lease lost (lock token %s; another worker took it after "
@@ -479,10 +485,14 @@ class PublisherTask:
                 lost - len(found),
                 len(retries),
                 token,
-                extra=observability.log_extra(lock_token=str(token)),
+                extra=self._extra(lock_token=str(token)),
             )
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _extra(self, **fields: Any) -> dict[str, Any]:
+        """Log fields of a record, with the schema (one relay process may serve several)."""
+        return observability.log_extra(schema=self.config.schema, **fields)
 
     async def _listen(self) -> None:
         """Hold a LISTEN connection; every notification wakes the idle loops."""
@@ -512,18 +522,28 @@ class PublisherTask:
                     jitter=0.2,
                 )
                 self.logger.warning(
-                    "outbox LISTEN connection lost (%s); retrying in %.1fs", exc, delay
+                    "outbox LISTEN connection lost (%s); retrying in %.1fs",
+                    exc,
+                    delay,
+                    extra=self._extra(),
                 )
                 await self._sleep(delay)
 
     async def _report_backlog(self) -> None:
         while not self._stopping:
-            try:
-                pending, oldest = await self.repository.pending_stats()
-                age_ms = 0.0
-                if oldest is not None:
-                    age_ms = max(0.0, (models.utcnow() - oldest).total_seconds() * 1000.0)
-                self.metrics.set_backlog(pending, age_ms)
-            except errors.DatabaseError as exc:
-                self.logger.debug("outbox backlog gauge not updated: %s", exc)
+            await self.report_backlog_once()
             await self._sleep(_STATS_INTERVAL)
+
+    async def report_backlog_once(self) -> None:
+        """Set the pending and oldest-age gauges from one read (a failed read is skipped)."""
+        try:
+            pending, oldest = await self.repository.pending_stats()
+        except errors.DatabaseError as exc:
+            self.logger.debug(
+                "outbox backlog gauge of schema %s not updated: %s", self.config.schema, exc
+            )
+            return
+        age_ms = 0.0
+        if oldest is not None:
+            age_ms = max(0.0, (models.utcnow() - oldest).total_seconds() * 1000.0)
+        self.metrics.set_backlog(pending, age_ms)

@@ -1,16 +1,6 @@
 -- Named queries of the web dashboard (outbox_di.dashboard), loaded with
 -- schema.Queries(name, files=("dashboard.sql",)); the rules of queries.sql apply.
 
--- name: dashboard_schemas
--- --all-schemas: every schema holding an outbox_schema_version table (what `outbox-di migrate`
--- creates first), by name; the names are values here, never SQL.
-SELECT n.nspname
-FROM pg_class AS c
-JOIN pg_namespace AS n ON n.oid = c.relnamespace
-WHERE c.relname = 'outbox_schema_version'
-  AND c.relkind IN ('r', 'p')
-ORDER BY n.nspname;
-
 -- name: dashboard_published_per_minute
 -- Events published per minute since %(since)s and their lag (enqueue -> published), in seconds.
 -- The range on published_at with status = 'published' is what the partial index

@@ -566,3 +566,14 @@ WHERE (consumer, event_id) IN (
     LIMIT CAST(%(limit)s AS integer)
     FOR UPDATE SKIP LOCKED
 );
+
+-- name: outbox_schemas
+-- Every schema holding an outbox_schema_version table (what `outbox-di migrate` creates first),
+-- by name: `--all-schemas` and `schemas = "*"` of the relay, the dashboard and the operator
+-- commands. The names are values here, never SQL; it names no schema of its own.
+SELECT n.nspname
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.relname = 'outbox_schema_version'
+  AND c.relkind IN ('r', 'p')
+ORDER BY n.nspname;

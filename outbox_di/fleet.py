@@ -1,0 +1,420 @@
+"""One relay process for many service schemas: ``outbox-di worker --schema a,b,c``.
+
+A :class:`FleetRelay` serves the outboxes of several schemas from one process, on one connection
+pool and one LISTEN connection (every schema's channel on it), with ``publisher.workers``
+loops shared by all schemas:
+
+- a schema becomes *ready* when a NOTIFY of its channel arrives, on every ``tick_interval``
+  (the poll that covers a lost notification), and again right after one of its batches came
+  back full (more rows may be due);
+- a ready schema waits in one of two first-in, first-out queues, at most once: *fresh*
+  (notified, or polled) and *again* (its last batch was full); a free loop takes the head of
+  the fresh queue, but the head of the other one when it took a fresh schema last time and a
+  schema waits there, and runs one claim → publish → mark cycle of that schema (the same
+  :meth:`PublisherTask.run_once` a single-schema relay runs).
+
+A schema working through a large backlog therefore waits behind every newly notified schema,
+one batch of it at a time: a quiet schema's new event waits for the batches in flight and at
+most one more, never for the backlog; and a backlog still gets every other batch however busy
+the other schemas are. Several such processes (on
+several machines) share the same schemas through the row leases; nothing else coordinates them.
+
+Each schema keeps its own :class:`PublisherTask` (its metrics carry the ``schema`` attribute, its
+log records the ``schema`` field), its own publisher (``{schema}`` in a topic name stands for the
+schema) and its own retention. A schema whose statements fail (a dropped schema, an outage)
+backs off alone; the other schemas keep their loops. With ``schemas = "*"`` (``--all-schemas``)
+the schemas holding an outbox are looked up again every ``rescan_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.metrics import Meter
+
+from outbox_di import aio, database, errors, observability, schema
+from outbox_di import config as config_module
+from outbox_di.publishing import backoff, base
+from outbox_di.publishing.task import PublisherTask
+from outbox_di.repository import InboxRepository, OutboxRepository
+from outbox_di.retention import Retention
+
+RESCAN_INTERVAL = 60.0
+"""Seconds between two look-ups of the outbox schemas when serving ``"*"``."""
+
+_STATS_INTERVAL = 5.0
+
+PublisherFactory = Callable[[config_module.OutboxConfig], base.Publisher]
+"""Makes the publisher of one schema from that schema's configuration."""
+
+
+@dataclasses.dataclass
+class FleetStats:
+    """Counters since start, for tests, benchmarks and the demo."""
+
+    batches: int = 0
+    outages: int = 0
+    rescans: int = 0
+
+
+@dataclasses.dataclass
+class _Member:
+    """One schema served by the fleet."""
+
+    name: str
+    config: config_module.OutboxConfig
+    task: PublisherTask
+    retention: Retention | None
+    outages: int = 0
+    resume_at: float = 0.0  # monotonic time before which a failing schema is not taken
+
+
+def schema_config(base_config: config_module.OutboxConfig, name: str) -> config_module.OutboxConfig:
+    """The configuration of one schema of a fleet: the shared one with ``schema`` set."""
+    return dataclasses.replace(base_config, schema=name, schemas=())
+
+
+class FleetRelay:
+    """Relays the outboxes of several schemas from one process (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: config_module.OutboxConfig,
+        pool: Any,
+        publisher_for: PublisherFactory,
+        logger: logging.Logger | None = None,
+        meter: Meter | None = None,
+        *,
+        rescan_interval: float = RESCAN_INTERVAL,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not config.schemas:
+            raise errors.ConfigError(
+                ["schemas: a fleet relay needs the schemas it serves (a list, or '*')"]
+            )
+        if config.inbox.enabled:
+            raise errors.ConfigError(
+                [
+                    "inbox.enabled: a relay of several schemas runs no inbox (each service's "
+                    "handlers run in its own worker); set inbox.enabled = false here"
+                ]
+            )
+        self.config = config
+        self.settings = config.publisher
+        self.pool = pool
+        self.publisher_for = publisher_for
+        self.logger = logger or observability.logger
+        self.meter = meter
+        self.rescan_interval = rescan_interval
+        self.all_schemas = config.schemas == (config_module.ALL_SCHEMAS,)
+        self.stats = FleetStats()
+        self._rng = rng or random.Random()
+        self._members: dict[str, _Member] = {}
+        self._published_before = 0  # by schemas no longer served
+        self._fresh: collections.deque[str] = collections.deque()
+        self._again: collections.deque[str] = collections.deque()
+        self._took_fresh = False
+        self._queued: set[str] = set()
+        self._has_work = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stopping = False
+        self._workers: list[asyncio.Task[None]] = []
+        self._helpers: list[asyncio.Task[None]] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._started = False
+
+    # -- what is served ----------------------------------------------------------------------
+
+    @property
+    def schemas(self) -> list[str]:
+        """The schemas served now, by name."""
+        return sorted(self._members)
+
+    def task(self, name: str) -> PublisherTask:
+        """The :class:`PublisherTask` of one served schema (its stats and metrics)."""
+        return self._members[name].task
+
+    async def _wanted(self) -> list[str]:
+        if not self.all_schemas:
+            return list(self.config.schemas)
+        sql = schema.Queries("public")["outbox_schemas"].sql
+        try:
+            async with self.pool.acquire() as conn, conn.cursor() as cursor:
+                await cursor.execute(sql)
+                rows = await cursor.fetchall()
+        except Exception as exc:
+            raise errors.DatabaseError(f"outbox_schemas failed: {exc}".strip()) from exc
+        return [row[0] for row in rows if not schema.schema_name_problems(row[0])]
+
+    async def _add(self, name: str) -> None:
+        """Serve ``name``: check its version, start its publisher and retention."""
+        await database.require_schema(self.pool, name, self.config.dsn, logger=self.logger)
+        member_config = schema_config(self.config, name)
+        publisher = self.publisher_for(member_config)
+        await publisher.start()
+        repository = OutboxRepository(self.pool, name, ordering=self.settings.ordering)
+        task = PublisherTask(member_config, repository, publisher, self.logger, self.meter)
+        retention: Retention | None = None
+        if member_config.retention.enabled:
+            retention = Retention(
+                member_config, repository, InboxRepository(self.pool, name), self.logger
+            )
+            await retention.start()
+        self._members[name] = _Member(name, member_config, task, retention)
+        self._ready(name)
+
+    async def _remove(self, name: str) -> None:
+        member = self._members.pop(name)
+        await self._close_member(member)
+
+    @property
+    def published(self) -> int:
+        """Events published since start, by every schema served now or before."""
+        return self._published_before + sum(m.task.stats.published for m in self._members.values())
+
+    async def _close_member(self, member: _Member) -> None:
+        self._published_before += member.task.stats.published
+        if member.retention is not None:
+            await member.retention.stop()
+        await member.task.release_claims()
+        with contextlib.suppress(Exception):
+            await member.task.publisher.close()
+
+    async def _rescan(self) -> bool:
+        """Serve the schemas that appeared, stop serving those that went; whether any changed.
+        With ``"*"`` a schema that is not ready yet (being migrated) is tried again later."""
+        wanted = await self._wanted()
+        changed = False
+        for name in sorted(set(self._members) - set(wanted)):
+            self.logger.info("outbox relay: schema %s is gone; no longer served", name)
+            await self._remove(name)
+            changed = True
+        for name in wanted:
+            if name in self._members:
+                continue
+            try:
+                await self._add(name)
+            except (errors.SchemaNotReadyError, errors.ConfigError) as exc:
+                # A schema being migrated, or whose topic is not made yet: with "*" the others
+                # are served and this one is tried again at the next look-up.
+                if not self.all_schemas:
+                    raise
+                self.logger.warning("outbox relay: schema %s skipped for now: %s", name, exc)
+                continue
+            changed = True
+        return changed
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Look up and check the schemas, start their publishers, then the loops; returns once
+        they run. A start that fails closes what it had started."""
+        if self._started:
+            raise errors.OutboxError("this FleetRelay was already started")
+        self._started = True
+        try:
+            await self._rescan()
+        except BaseException:
+            await self._close_all()
+            raise
+        self.logger.info(
+            "outbox relay serving %d schema(s): %s", len(self._members), ", ".join(self.schemas)
+        )
+        self._listener = asyncio.create_task(self._listen(), name="outbox-fleet-listen")
+        self._helpers.append(asyncio.create_task(self._tick(), name="outbox-fleet-tick"))
+        if self.settings.metrics_enabled:
+            self._helpers.append(asyncio.create_task(self._report(), name="outbox-fleet-stats"))
+        if self.all_schemas:
+            self._helpers.append(asyncio.create_task(self._rescans(), name="outbox-fleet-scan"))
+        self._workers = [
+            asyncio.create_task(self._run(number), name=f"outbox-fleet-{number}")
+            for number in range(self.settings.workers)
+        ]
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Finish the batches in flight within ``timeout`` (``shutdown_timeout``), cancel what
+        is left, give its leases back and close every schema's publisher and retention."""
+        deadline = self.settings.shutdown_timeout if timeout is None else timeout
+        self._stopping = True
+        self._stop_requested.set()
+        self._has_work.set()
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=deadline)
+            await aio.cancel_and_wait(pending, self.logger)
+        helpers = [*self._helpers, *([self._listener] if self._listener else [])]
+        for helper in helpers:
+            helper.cancel()
+        for helper in helpers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await helper
+        await self._close_all()
+
+    async def _close_all(self) -> None:
+        members = list(self._members.values())
+        self._members.clear()
+        for member in members:
+            await self._close_member(member)
+
+    async def __aenter__(self) -> FleetRelay:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- the ready queue ---------------------------------------------------------------------
+
+    def _ready(self, name: str, *, again: bool = False) -> None:
+        """Queue ``name`` at the back of the fresh queue (a NOTIFY, the tick) or, ``again``,
+        of the queue of schemas whose last batch was full; unless it is queued already."""
+        if name in self._queued or name not in self._members:
+            return
+        self._queued.add(name)
+        (self._again if again else self._fresh).append(name)
+        self._has_work.set()
+
+    def _pop(self) -> str | None:
+        """The next schema: fresh ones first, but never twice in a row while a schema whose
+        batch was full waits (so a busy fleet cannot starve a backlog either)."""
+        take_fresh = bool(self._fresh) and not (self._again and self._took_fresh)
+        queue = self._fresh if take_fresh else self._again
+        if not queue:
+            return None
+        self._took_fresh = take_fresh
+        name = queue.popleft()
+        self._queued.discard(name)
+        return name
+
+    async def _take(self) -> _Member | None:
+        """The next schema to serve; waits while none is ready. None on stop."""
+        while not self._stopping:
+            while (name := self._pop()) is not None:
+                member = self._members.get(name)
+                # A schema backing off is queued again when its delay is over.
+                if member is not None and member.resume_at <= time.monotonic():
+                    return member
+            self._has_work.clear()
+            await self._has_work.wait()
+        return None
+
+    # -- the loops ---------------------------------------------------------------------------
+
+    async def _run(self, number: int) -> None:
+        while not self._stopping:
+            member = await self._take()
+            if member is None:
+                return
+            try:
+                claimed = await member.task.run_once(number)
+            except Exception as exc:  # this schema's statements failed: it backs off alone
+                self._failed(member, exc)
+                continue
+            self.stats.batches += 1
+            member.outages = 0
+            if claimed >= self.settings.batch_size:
+                self._ready(member.name, again=True)  # more may be due
+
+    def _failed(self, member: _Member, exc: Exception) -> None:
+        member.outages += 1
+        self.stats.outages += 1
+        member.task.stats.outages += 1
+        delay = backoff.retry_delay(
+            member.outages,
+            initial=min(self.settings.tick_interval, 1.0),
+            maximum=backoff.MAX_OUTAGE_DELAY,
+            multiplier=2.0,
+            jitter=0.2,
+            rng=self._rng,
+        )
+        member.resume_at = time.monotonic() + delay
+        self.logger.warning(
+            "outbox relay, schema %s: %s (%s); trying it again in %.1fs",
+            member.name,
+            "database unavailable" if isinstance(exc, errors.DatabaseError) else "unexpected error",
+            exc,
+            delay,
+            exc_info=not isinstance(exc, errors.DatabaseError),
+            extra=observability.log_extra(schema=member.name),
+        )
+        asyncio.get_running_loop().call_later(delay, self._ready, member.name)
+
+    async def _tick(self) -> None:
+        """The poll: every ``tick_interval`` each schema not backing off is ready once more."""
+        while not await aio.wait_event(self._stop_requested, self.settings.tick_interval):
+            now = time.monotonic()
+            for member in list(self._members.values()):
+                if member.resume_at <= now:
+                    self._ready(member.name)
+
+    async def _rescans(self) -> None:
+        while not await aio.wait_event(self._stop_requested, self.rescan_interval):
+            try:
+                changed = await self._rescan()
+            except Exception as exc:
+                self.logger.warning("outbox relay: looking up the outbox schemas failed: %s", exc)
+                continue
+            self.stats.rescans += 1
+            if changed:
+                self.logger.info("outbox relay now serving: %s", ", ".join(self.schemas))
+                self._restart_listener()
+
+    def _restart_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+        self._listener = asyncio.create_task(self._listen(), name="outbox-fleet-listen")
+
+    async def _listen(self) -> None:
+        """One connection LISTENing on every served schema's channel; a notification makes its
+        schema ready."""
+        failures = 0
+        while not self._stopping:
+            channels = {schema.channel_name(name, "outbox"): name for name in self._members}
+            try:
+                async with self.pool.acquire() as conn:
+                    async with conn.cursor() as cursor:
+                        for name in list(self._members):
+                            await cursor.execute(schema.Queries(name)["listen_outbox"].sql)
+                    failures = 0
+                    # Rows committed while nobody listened are found by this round.
+                    for name in channels.values():
+                        self._ready(name)
+                    while not self._stopping:
+                        notification = await conn.notifies.get()
+                        notified = channels.get(notification.channel)
+                        if notified is not None:
+                            self._ready(notified)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection lost: the tick covers us meanwhile
+                failures += 1
+                delay = backoff.retry_delay(
+                    failures,
+                    initial=0.5,
+                    maximum=backoff.MAX_OUTAGE_DELAY,
+                    multiplier=2.0,
+                    jitter=0.2,
+                )
+                self.logger.warning(
+                    "outbox relay LISTEN connection lost (%s); retrying in %.1fs", exc, delay
+                )
+                await aio.wait_event(self._stop_requested, delay)
+
+    async def _report(self) -> None:
+        """The backlog gauges of every schema, every 5 s (the schema is their attribute)."""
+        while not await aio.wait_event(self._stop_requested, _STATS_INTERVAL):
+            for member in list(self._members.values()):
+                await member.task.report_backlog_once()
+
+
+def describe(names: Sequence[str], config: config_module.OutboxConfig) -> str:
+    """What a fleet worker process runs, for its start-up line."""
+    shown = "every outbox schema" if names == [config_module.ALL_SCHEMAS] else ", ".join(names)
+    return f"relay of {shown}, {config.publisher.workers} loop(s) shared, no inbox"
