@@ -2,22 +2,24 @@
 
 A :class:`FleetRelay` serves the outboxes of several schemas from one process, on one connection
 pool and one LISTEN connection (every schema's channel on it), with ``publisher.workers``
-loops shared by all schemas:
+loops shared by all schemas and one more loop kept for newly notified schemas:
 
 - a schema becomes *ready* when a NOTIFY of its channel arrives, on every ``tick_interval``
-  (the poll that covers a lost notification), and again right after one of its batches came
-  back full (more rows may be due);
+  (the poll that covers a lost notification), and as soon as a claim of it came back full
+  (more rows may be due: the next loop claims them while the first batch is published);
 - a ready schema waits in one of two first-in, first-out queues, at most once: *fresh*
-  (notified, or polled) and *again* (its last batch was full); a free loop takes the head of
-  the fresh queue, but the head of the other one when it took a fresh schema last time and a
-  schema waits there, and runs one claim → publish → mark cycle of that schema (the same
-  :meth:`PublisherTask.run_once` a single-schema relay runs).
+  (notified, or polled) and *backlog* (its last claim was full; a notification of such a
+  schema adds nothing, it is served from the backlog queue until a claim comes back short);
+- a free shared loop takes the head of the fresh queue, but the head of the backlog queue when
+  it took a fresh schema last time and a schema waits there; the fresh lane, the extra loop,
+  takes fresh schemas only. Each runs one claim → publish → mark cycle of the schema it took
+  (the same :meth:`PublisherTask.run_once` a single-schema relay runs).
 
-A schema working through a large backlog therefore waits behind every newly notified schema,
-one batch of it at a time: a quiet schema's new event waits for the batches in flight and at
-most one more, never for the backlog; and a backlog still gets every other batch however busy
-the other schemas are. Several such processes (on
-several machines) share the same schemas through the row leases; nothing else coordinates them.
+A schema working through a large backlog therefore keeps every shared loop busy, yet a quiet
+schema's new event does not wait for any of those batches: the fresh lane is free for it (and
+when the lane is busy with another quiet schema, the shared loops take fresh schemas before
+their next backlog batch). Several such processes (on several machines) share the same schemas
+through the row leases; nothing else coordinates them.
 
 Each schema keeps its own :class:`PublisherTask` (its metrics carry the ``schema`` attribute, its
 log records the ``schema`` field), its own publisher (``{schema}`` in a topic name stands for the
@@ -75,6 +77,7 @@ class _Member:
     retention: Retention | None
     outages: int = 0
     resume_at: float = 0.0  # monotonic time before which a failing schema is not taken
+    backlogged: bool = False  # its last claim was full
 
 
 def schema_config(base_config: config_module.OutboxConfig, name: str) -> config_module.OutboxConfig:
@@ -238,6 +241,10 @@ class FleetRelay:
             asyncio.create_task(self._run(number), name=f"outbox-fleet-{number}")
             for number in range(self.settings.workers)
         ]
+        lane = self.settings.workers
+        self._workers.append(
+            asyncio.create_task(self._run(lane, fresh_only=True), name="outbox-fleet-fresh")
+        )
 
     async def stop(self, timeout: float | None = None) -> None:
         """Finish the batches in flight within ``timeout`` (``shutdown_timeout``), cancel what
@@ -273,54 +280,64 @@ class FleetRelay:
     # -- the ready queue ---------------------------------------------------------------------
 
     def _ready(self, name: str, *, again: bool = False) -> None:
-        """Queue ``name`` at the back of the fresh queue (a NOTIFY, the tick) or, ``again``,
-        of the queue of schemas whose last batch was full; unless it is queued already."""
-        if name in self._queued or name not in self._members:
+        """Queue ``name`` at the back of the fresh queue (a NOTIFY, the tick) or, ``again`` or
+        when its last claim was full, of the backlog queue; unless it is queued already."""
+        member = self._members.get(name)
+        if name in self._queued or member is None:
             return
         self._queued.add(name)
-        (self._again if again else self._fresh).append(name)
+        (self._again if again or member.backlogged else self._fresh).append(name)
         self._has_work.set()
 
-    def _pop(self) -> str | None:
-        """The next schema: fresh ones first, but never twice in a row while a schema whose
-        batch was full waits (so a busy fleet cannot starve a backlog either)."""
-        take_fresh = bool(self._fresh) and not (self._again and self._took_fresh)
+    def _pop(self, *, fresh_only: bool = False) -> str | None:
+        """The next schema: fresh ones first, but never twice in a row while a schema of the
+        backlog queue waits (so a busy fleet cannot starve a backlog either); ``fresh_only``
+        for the fresh lane."""
+        if fresh_only:
+            take_fresh = True
+        else:
+            take_fresh = bool(self._fresh) and not (self._again and self._took_fresh)
+            self._took_fresh = take_fresh
         queue = self._fresh if take_fresh else self._again
         if not queue:
             return None
-        self._took_fresh = take_fresh
         name = queue.popleft()
         self._queued.discard(name)
         return name
 
-    async def _take(self) -> _Member | None:
+    async def _take(self, *, fresh_only: bool = False) -> _Member | None:
         """The next schema to serve; waits while none is ready. None on stop."""
         while not self._stopping:
-            while (name := self._pop()) is not None:
+            while (name := self._pop(fresh_only=fresh_only)) is not None:
                 member = self._members.get(name)
                 # A schema backing off is queued again when its delay is over.
                 if member is not None and member.resume_at <= time.monotonic():
                     return member
-            self._has_work.clear()
+            if fresh_only or not (self._fresh or self._again):
+                self._has_work.clear()
             await self._has_work.wait()
         return None
 
     # -- the loops ---------------------------------------------------------------------------
 
-    async def _run(self, number: int) -> None:
+    async def _run(self, number: int, *, fresh_only: bool = False) -> None:
         while not self._stopping:
-            member = await self._take()
+            member = await self._take(fresh_only=fresh_only)
             if member is None:
                 return
+
+            def claimed(count: int, member: _Member = member) -> None:
+                member.backlogged = count >= self.settings.batch_size
+                if member.backlogged:
+                    self._ready(member.name, again=True)  # the next loop claims the rest
+
             try:
-                claimed = await member.task.run_once(number)
+                await member.task.run_once(number, claimed)
             except Exception as exc:  # this schema's statements failed: it backs off alone
                 self._failed(member, exc)
                 continue
             self.stats.batches += 1
             member.outages = 0
-            if claimed >= self.settings.batch_size:
-                self._ready(member.name, again=True)  # more may be due
 
     def _failed(self, member: _Member, exc: Exception) -> None:
         member.outages += 1

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry import trace
@@ -234,13 +234,19 @@ class PublisherTask:
         elif remember:
             self._missed_wake = True
 
-    async def run_once(self, number: int = 0) -> int:
-        """One claim → publish → mark cycle; returns how many rows were claimed."""
+    async def run_once(
+        self, number: int = 0, on_claimed: Callable[[int], None] | None = None
+    ) -> int:
+        """One claim → publish → mark cycle; returns how many rows were claimed.
+        ``on_claimed`` is told that number as soon as the claim returned (before the publish):
+        a full batch there lets another loop claim the next one meanwhile."""
         token = uuid.uuid4()
         now = models.utcnow()
         events = await self.repository.claim_pending(
             now, now - self._lock_ttl, self.settings.batch_size, token
         )
+        if on_claimed is not None:
+            on_claimed(len(events))
         if not events:
             return 0
         claim = _Claim(token, [event.event_id for event in events])
