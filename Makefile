@@ -53,6 +53,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/inbox.py
 	$(BIN)/python bench/claim.py
+	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/retention.py
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.run

@@ -468,7 +468,19 @@ def _schema_names(args: argparse.Namespace, conn: Any | None = None) -> list[str
         if not names:
             raise UsageError("--all-schemas: no schema of this database holds an outbox")
         return names
-    return schema_list(_setting(args, "schema", "--schema", alternative=" (or --all-schemas)"))
+    names = schema_list(_setting(args, "schema", "--schema", alternative=" (or --all-schemas)"))
+    if conn is not None and len(names) > 1:
+        # Before acting on any of them: a typo in the third name changes nothing in the first.
+        known = set(operations.schemas(conn))
+        missing = [name for name in names if name not in known]
+        if missing:
+            raise UsageError(
+                f"--schema: {', '.join(map(repr, missing))} "
+                f"{'holds' if len(missing) == 1 else 'hold'} no outbox in this database "
+                "(no outbox_schema_version table); check the name, or run outbox-di migrate "
+                "--schema " + missing[0]
+            )
+    return names
 
 
 def _labelled(

@@ -215,6 +215,26 @@ EXCEPTIONS: dict[str, tuple[str, Callable[[], None]]] = {
         "a benchmark: minutes of both shared cores (make bench runs it)",
         _script_takes("bench/inbox.py", "--emulator"),
     ),
+    ".venv/bin/python bench/fleet.py --rounds 5": (
+        "a benchmark: minutes of both shared cores (make bench runs it)",
+        _script_takes("bench/fleet.py", "--rounds", "--backlog", "--schemas"),
+    ),
+    ".venv/bin/python bench/retention.py": (
+        "a benchmark: minutes of both shared cores (make bench runs it)",
+        _script_takes("bench/retention.py", "--events", "--window"),
+    ),
+    "outbox-di worker --schema catalog,billing,orders": (
+        "relays until SIGTERM; tests/integration/test_fleet.py runs worker processes like it",
+        _script_takes("outbox_di/cli.py", "--schema", "--all-schemas"),
+    ),
+    "outbox-di worker --all-schemas": (
+        "relays until SIGTERM; tests/integration/test_fleet.py runs worker processes like it",
+        _script_takes("outbox_di/cli.py", "--all-schemas"),
+    ),
+    'outbox-di dashboard --dsn "$DATABASE_URL" --all-schemas': (
+        "serves until stopped; tests/integration/test_dashboard.py serves the dashboard",
+        _script_takes("outbox_di/cli.py", "--all-schemas"),
+    ),
     "make chaos": (
         "the fault-injection run: 10 minutes of both shared cores (docs/reliability.md: its table)",
         _makefile_has("chaos"),

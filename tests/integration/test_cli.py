@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg2 import sql
 
 from outbox_di import cli, database, models, repository, schema
 
@@ -280,3 +281,36 @@ async def test_status_inbox_with_an_empty_inbox(
     assert cli.main(["status", "--dsn", outbox_dsn, "--schema", outbox_schema, "--inbox"]) == 0
     out = capsys.readouterr().out
     assert out == f"schema {outbox_schema!r}: nothing pending, nothing dead in the inbox\n"
+
+
+def test_a_missing_schema_among_several_stops_the_command_before_it_acts(
+    outbox_dsn: str, outbox_schema: str, no_settings: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A published row older than the cut-off: a purge of this schema would delete it.
+    table = sql.Identifier(outbox_schema, "outbox_events")
+    with database.connect(outbox_dsn) as conn, conn, conn.cursor() as cursor:
+        cursor.execute(
+            sql.SQL(
+                "INSERT INTO {} (event_id, aggregate_type, aggregate_id, event_type, payload, "
+                "status, published_at) VALUES (gen_random_uuid(), 'item', 'i1', 'item.created', "
+                "'{{}}', 'published', now() - interval '30 days')"
+            ).format(table)
+        )
+    code = cli.main(
+        [
+            "purge",
+            "--dsn",
+            outbox_dsn,
+            "--schema",
+            f"{outbox_schema},not_migrated_here",
+            "--older-than",
+            "7d",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--schema: 'not_migrated_here' holds no outbox in this database" in err
+    assert "outbox-di migrate --schema not_migrated_here" in err
+    with database.connect(outbox_dsn) as conn, conn.cursor() as cursor:
+        cursor.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
+        assert cursor.fetchone()[0] == 1  # the first schema was not purged

@@ -108,6 +108,7 @@ async def _seed_catalog(dsn: str) -> None:
     """Schema ``catalog`` with dead, published and pending outbox rows and a dead inbox row."""
     with database.connect(dsn) as conn:
         database.migrate(conn, "catalog")
+        database.migrate(conn, "billing")  # the examples of several schemas
     async with database.open_pool(dsn, min_size=1, max_size=2) as pool:
         outbox = repository.OutboxRepository(pool, "catalog")
         inbox = repository.InboxRepository(pool, "catalog")
@@ -151,6 +152,7 @@ def _django_setup(dsn: str, work: Path) -> None:
 PAGE_SETUP: dict[str, Callable[[str, Path], None]] = {
     "docs/operations.md": _operations_setup,
     "docs/runbook.md": _operations_setup,
+    "docs/fleet.md": _operations_setup,
     "docs/schema.md": _schema_setup,
     "docs/migration.md": _migration_setup,
     "docs/django.md": _django_setup,

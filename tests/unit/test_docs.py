@@ -95,3 +95,19 @@ def test_a_new_command_block_is_caught() -> None:
     assert (command.line, command.key) == (4, "newtool serve --port 1")
     assert not doc_commands.is_run(command) and command.key not in doc_commands.EXCEPTIONS
     assert doc_commands.unmarked_commands({page: text}) == ["docs/new.md:8: make lint"]
+
+
+def test_the_fleet_page_settings_are_a_valid_configuration() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from outbox_di import config
+
+    page = (doc_commands.ROOT / "docs/fleet.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```toml\n(.*?)^```", page, re.MULTILINE | re.DOTALL)
+    assert blocks, "docs/fleet.md shows its settings in a toml block"
+    for block in blocks:
+        settings = config.OutboxConfig.from_mapping(tomllib.loads(block)["outbox"])
+        assert settings.schemas == ("catalog", "billing", "orders")
+        assert config.topic_for_schema(settings.publisher.topic or "", "billing", "topic") == (
+            "billing-events"
+        )
