@@ -473,8 +473,10 @@ def report(results: Results, args: argparse.Namespace) -> None:
         print(line)
 
     def paired(a: str, b: str, field: str) -> float:
-        return statistics.median(
-            getattr(ten[a], field) / getattr(ten[b], field) for ten in results.ten
+        return float(
+            statistics.median(
+                getattr(ten[a], field) / getattr(ten[b], field) for ten in results.ten
+            )
         )
 
     print(

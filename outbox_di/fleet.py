@@ -412,13 +412,7 @@ class FleetRelay:
                 raise
             except Exception as exc:  # connection lost: the tick covers us meanwhile
                 failures += 1
-                delay = backoff.retry_delay(
-                    failures,
-                    initial=0.5,
-                    maximum=backoff.MAX_OUTAGE_DELAY,
-                    multiplier=2.0,
-                    jitter=0.2,
-                )
+                delay = backoff.listen_retry_delay(failures)
                 self.logger.warning(
                     "outbox relay LISTEN connection lost (%s); retrying in %.1fs", exc, delay
                 )

@@ -657,13 +657,7 @@ class InboxWorker:
                 raise
             except Exception as exc:  # connection lost: the poll covers us meanwhile
                 failures += 1
-                delay = backoff.retry_delay(
-                    failures,
-                    initial=0.5,
-                    maximum=backoff.MAX_OUTAGE_DELAY,
-                    multiplier=2.0,
-                    jitter=0.2,
-                )
+                delay = backoff.listen_retry_delay(failures)
                 self.logger.warning(
                     "inbox LISTEN connection lost (%s); retrying in %.1fs", exc, delay
                 )

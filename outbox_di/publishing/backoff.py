@@ -35,3 +35,11 @@ def retry_delay(
     if jitter:
         base *= 1.0 + (rng or random).uniform(-jitter, jitter)
     return max(0.0, min(base, maximum))
+
+
+def listen_retry_delay(failures: int, rng: random.Random | None = None) -> float:
+    """Seconds before a lost LISTEN connection is opened again, after ``failures`` failures in a
+    row: 0.5 s doubling up to ``MAX_OUTAGE_DELAY``, ±20 % jitter (the poll covers the gap)."""
+    return retry_delay(
+        failures, initial=0.5, maximum=MAX_OUTAGE_DELAY, multiplier=2.0, jitter=0.2, rng=rng
+    )

@@ -520,13 +520,7 @@ class PublisherTask:
                 raise
             except Exception as exc:  # connection lost: the poll covers us meanwhile
                 failures += 1
-                delay = backoff.retry_delay(
-                    failures,
-                    initial=0.5,
-                    maximum=backoff.MAX_OUTAGE_DELAY,
-                    multiplier=2.0,
-                    jitter=0.2,
-                )
+                delay = backoff.listen_retry_delay(failures)
                 self.logger.warning(
                     "outbox LISTEN connection lost (%s); retrying in %.1fs",
                     exc,
