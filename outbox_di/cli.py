@@ -483,6 +483,11 @@ def _schema_names(args: argparse.Namespace, conn: Any | None = None) -> list[str
     return names
 
 
+def _schema_field(names: Sequence[str], name: str) -> dict[str, str]:
+    """The ``"schema"`` key of a JSON object when the command covers several schemas."""
+    return {"schema": name} if len(names) > 1 else {}
+
+
 def _labelled(
     names: Sequence[str], name: str, lines: list[tuple[str, ...]]
 ) -> list[tuple[str, ...]]:
@@ -507,7 +512,7 @@ def _status(args: argparse.Namespace) -> int:
             found.append((name, rows))
     if args.json:
         shown = [
-            ({"schema": name} if len(names) > 1 else {}) | dataclasses.asdict(row)
+            _schema_field(names, name) | dataclasses.asdict(row)
             for name, rows in found
             for row in rows
         ]
@@ -600,12 +605,22 @@ def _dead(args: argparse.Namespace) -> int:
     for name, changed in counts.items():
         if args.json:
             shown = {"table": args.table, "action": args.dead_command, "count": changed}
-            print(json.dumps(({"schema": name} if len(names) > 1 else {}) | shown))
+            print(json.dumps(_schema_field(names, name) | shown))
         elif len(names) > 1:
             print(f"schema {name!r}: {changed} dead {args.table} event(s) {verb}")
         else:
             print(f"{changed} dead {args.table} event(s) {verb}")
     return 0
+
+
+_DEAD_HEADER: tuple[str, ...] = (
+    "event id",
+    "consumer",
+    "event type",
+    "aggregate",
+    "attempts",
+    "last error",
+)
 
 
 def _dead_list(args: argparse.Namespace, conn: Any, names: Sequence[str]) -> None:
@@ -616,21 +631,12 @@ def _dead_list(args: argparse.Namespace, conn: Any, names: Sequence[str]) -> Non
             conn, name, args.table, event_type=args.event_type, limit=args.limit
         )
         if args.json:
-            labelled = {"schema": name} if len(names) > 1 else {}
-            shown.extend(labelled | dataclasses.asdict(r) for r in dead)
+            shown.extend(_schema_field(names, name) | dataclasses.asdict(r) for r in dead)
             continue
         if not dead:
             print(f"no dead {args.table} events in schema {name!r}")
             continue
-        header: tuple[str, ...] = (
-            "event id",
-            "consumer",
-            "event type",
-            "aggregate",
-            "attempts",
-            "last error",
-        )
-        lines: list[tuple[str, ...]] = [header] + [
+        lines: list[tuple[str, ...]] = [_DEAD_HEADER] + [
             (
                 r.event_id,
                 r.consumer or "-",
@@ -680,7 +686,7 @@ def _purge(args: argparse.Namespace) -> int:
                 print(file=sys.stderr)
             if args.json:
                 shown = {"table": args.table, "deleted": total}
-                print(json.dumps(({"schema": name} if len(names) > 1 else {}) | shown))
+                print(json.dumps(_schema_field(names, name) | shown))
             else:
                 where = f" of schema {name!r}" if len(names) > 1 else ""
                 print(
@@ -707,10 +713,7 @@ def schema_list(text: str) -> list[str]:
 
 def _dashboard(args: argparse.Namespace) -> int:
     dsn = _dsn_arg(args)
-    names: list[str] = []
-    if not args.all_schemas:
-        given = _setting(args, "schema", "--schema", alternative=" (or --all-schemas)")
-        names = schema_list(given)
+    names = [] if args.all_schemas else _schema_names(args)  # [] means every schema
     lock_ttl = _duration(args.lock_ttl, "--lock-ttl")
     try:
         from outbox_di.dashboard import aiohttp as dashboard_server
