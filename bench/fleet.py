@@ -53,7 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import relay as relay_bench
 
 from outbox_di import config, database, fleet, models, repository, schema, worker
-from outbox_di.publishing import base, pubsub
+from outbox_di.brokers.pubsub import connection
+from outbox_di.brokers.pubsub import publisher as pubsub
+from outbox_di.publishing import base
 from outbox_di.testing import postgres
 from outbox_di.testing import pubsub as pubsub_testing
 
@@ -63,7 +65,7 @@ BATCH = relay_bench.BATCH
 
 
 async def make_topics(host: str, names: Sequence[str]) -> None:
-    client = pubsub.make_emulator_client(host)
+    client = connection.make_emulator_client(host)
     try:
         for name in names:
             with contextlib.suppress(Exception):
@@ -158,7 +160,7 @@ async def fairness(dsn: str, host: str, args: argparse.Namespace) -> FairRound:
         )
         acked: dict[uuid.UUID, float] = {}
         publishers: dict[str, Timed] = {}
-        client = pubsub.make_emulator_client(host)
+        client = connection.make_emulator_client(host)
 
         def publisher_for(member: config.OutboxConfig) -> base.Publisher:
             # Only the quiet schema's acknowledgements are kept: 200,000 of the backlog's would
@@ -326,7 +328,7 @@ async def raw_round_robin(dsn: str, host: str, names: Sequence[str], rows: int) 
         )
         for name in names
     ]
-    client = pubsub.make_emulator_client(host)
+    client = connection.make_emulator_client(host)
     conn_pool = await asyncpg.create_pool(
         dsn,
         min_size=2,

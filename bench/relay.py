@@ -43,7 +43,9 @@ import asyncpg  # type: ignore[import-untyped]
 from google.pubsub_v1.types import PublishRequest
 
 from outbox_di import config, database, models, repository, schema
-from outbox_di.publishing import base, pubsub
+from outbox_di.brokers.pubsub import connection
+from outbox_di.brokers.pubsub import publisher as pubsub
+from outbox_di.publishing import base
 from outbox_di.publishing.task import PublisherTask
 from outbox_di.testing import postgres
 from outbox_di.testing import pubsub as pubsub_testing
@@ -65,7 +67,7 @@ def make_config(schema_name: str, dsn: str, host: str, **publisher: Any) -> conf
 
 
 async def ensure_topic(host: str) -> None:
-    client = pubsub.make_emulator_client(host)
+    client = connection.make_emulator_client(host)
     try:
         with contextlib.suppress(Exception):
             await client.create_topic(name=f"projects/{PROJECT}/topics/{TOPIC}")
@@ -197,7 +199,7 @@ async def asyncpg_baseline(
         queries = schema.Queries(name)
         claim = queries["outbox_claim"].numeric_sql
         mark = queries["outbox_mark_published"].numeric_sql
-        client = pubsub.make_emulator_client(host)
+        client = connection.make_emulator_client(host)
         topic = f"projects/{PROJECT}/topics/{TOPIC}"
         done = 0
         conn_pool = await asyncpg.create_pool(
@@ -248,7 +250,7 @@ async def raw_parts(name: str, host: str) -> tuple[str, str, Any, str]:
     """The hand-written aiopg loops' claim and mark statements, a connected Pub/Sub client and
     the topic."""
     queries = schema.Queries(name)
-    client = pubsub.make_emulator_client(host)
+    client = connection.make_emulator_client(host)
     topic = f"projects/{PROJECT}/topics/{TOPIC}"
     await warm(client, topic)
     return queries["outbox_claim"].sql, queries["outbox_mark_published"].sql, client, topic
@@ -320,7 +322,7 @@ async def publish_only(host: str, rows: int, loops: int) -> float:
     """Messages/s of the emulator alone: ``loops`` concurrent loops, each sending ``BATCH``
     prebuilt messages per ``Publish`` one request at a time, no database (information: how far
     the broker side scales from one request in flight to two on this machine)."""
-    client = pubsub.make_emulator_client(host)
+    client = connection.make_emulator_client(host)
     topic = f"projects/{PROJECT}/topics/{TOPIC}"
     await warm(client, topic)
     messages = [
@@ -494,7 +496,7 @@ async def lag_floor(dsn: str, host: str, rate: float, seconds: float) -> tuple[f
     emulator's own round trip for a one-message ``Publish`` (p50, p99) and one PostgreSQL round
     trip on the relay's driver (p50 of ``SELECT 1``). A relay's lag adds at least a NOTIFY and a
     claim to the first."""
-    client = pubsub.make_emulator_client(host)
+    client = connection.make_emulator_client(host)
     topic = f"projects/{PROJECT}/topics/{TOPIC}"
     await warm(client, topic)
     message = _raw_message(uuid.uuid4(), "item.created", "item", "i0", b'{"n":0}', None)

@@ -1,50 +1,75 @@
-"""outbox_di: one transactional outbox and inbox on PostgreSQL for every service."""
+"""outbox_di: one transactional outbox and inbox on PostgreSQL for every service.
+
+``__all__`` holds what a service writes: the container, the enqueue facade and its message,
+the configuration, the inbox's handler registry and the events handlers get, and the errors
+worth catching. Everything else (repositories, the relay task, broker adapters, the test kit)
+lives in its own module; the older top-level names of those still resolve, loaded on first
+use, so a process loads a broker's client only when it uses one.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from outbox_di.config import OutboxConfig
 from outbox_di.containers import OutboxContainer
-from outbox_di.errors import (
-    ConfigError,
-    DatabaseError,
-    MessageError,
-    NotInTransactionError,
-    OutboxError,
-    SchemaDriftError,
-    SchemaNameError,
-    UnsupportedSessionError,
-)
+from outbox_di.errors import ConfigError, DatabaseError, NotInTransactionError, OutboxError
 from outbox_di.inbox.handlers import InboxHandlers
-from outbox_di.inbox.worker import InboxWorker
-from outbox_di.models import (
-    InboxEvent,
-    InboxStatus,
-    Message,
-    OutboxEvent,
-    OutboxStatus,
-    ReceivedMessage,
-)
+from outbox_di.models import InboxEvent, Message
 from outbox_di.outbox import Outbox
-from outbox_di.publishing.base import InMemoryPublisher, Publisher, PublishOutcome
-from outbox_di.publishing.task import PublisherTask
-from outbox_di.repository import InboxRepository, OutboxRepository
-from outbox_di.schema import render_ddl, validate_schema_name
 
 if TYPE_CHECKING:
-    from outbox_di.inbox.receiver import InboxReceiver
-    from outbox_di.publishing.pubsub import PubSubPublisher
+    from outbox_di.brokers.ports import Publisher as Publisher
+    from outbox_di.brokers.ports import PublishOutcome as PublishOutcome
+    from outbox_di.brokers.ports import Subscriber as Subscriber
+    from outbox_di.brokers.pubsub import PubSubPublisher as PubSubPublisher
+    from outbox_di.brokers.pubsub import PubSubSubscriber as PubSubSubscriber
+    from outbox_di.errors import MessageError as MessageError
+    from outbox_di.errors import SchemaDriftError as SchemaDriftError
+    from outbox_di.errors import SchemaNameError as SchemaNameError
+    from outbox_di.errors import UnsupportedSessionError as UnsupportedSessionError
+    from outbox_di.inbox.receiver import InboxReceiver as InboxReceiver
+    from outbox_di.inbox.worker import InboxWorker as InboxWorker
+    from outbox_di.models import InboxStatus as InboxStatus
+    from outbox_di.models import OutboxEvent as OutboxEvent
+    from outbox_di.models import OutboxStatus as OutboxStatus
+    from outbox_di.models import ReceivedMessage as ReceivedMessage
+    from outbox_di.publishing.base import InMemoryPublisher as InMemoryPublisher
+    from outbox_di.publishing.task import PublisherTask as PublisherTask
+    from outbox_di.repository import InboxRepository as InboxRepository
+    from outbox_di.repository import OutboxRepository as OutboxRepository
+    from outbox_di.schema import render_ddl as render_ddl
+    from outbox_di.schema import validate_schema_name as validate_schema_name
 
 __version__ = "0.1.0"
 
-# Loaded on first use: they bring grpc and Pub/Sub's client, which a process that only
-# enqueues does not need (0.8 s and about 500 modules of its start-up).
+# Names kept at the top level for code written against 0.1.0, each loaded from its module on
+# first use (the Pub/Sub ones bring grpc: 0.8 s and about 500 modules of a start-up).
 _LAZY = {
+    "InMemoryPublisher": "outbox_di.publishing.base",
     "InboxReceiver": "outbox_di.inbox.receiver",
-    "PubSubPublisher": "outbox_di.publishing.pubsub",
+    "InboxRepository": "outbox_di.repository",
+    "InboxStatus": "outbox_di.models",
+    "InboxWorker": "outbox_di.inbox.worker",
+    "MessageError": "outbox_di.errors",
+    "OutboxEvent": "outbox_di.models",
+    "OutboxRepository": "outbox_di.repository",
+    "OutboxStatus": "outbox_di.models",
+    "PubSubPublisher": "outbox_di.brokers.pubsub",
+    "PubSubSubscriber": "outbox_di.brokers.pubsub",
+    "PublishOutcome": "outbox_di.brokers.ports",
+    "Publisher": "outbox_di.brokers.ports",
+    "PublisherTask": "outbox_di.publishing.task",
+    "ReceivedMessage": "outbox_di.models",
+    "SchemaDriftError": "outbox_di.errors",
+    "SchemaNameError": "outbox_di.errors",
+    "Subscriber": "outbox_di.brokers.ports",
+    "UnsupportedSessionError": "outbox_di.errors",
+    "render_ddl": "outbox_di.schema",
+    "validate_schema_name": "outbox_di.schema",
 }
 
 
@@ -52,11 +77,13 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'outbox_di' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def load_settings(
@@ -77,33 +104,14 @@ def load_settings(
 __all__ = [
     "ConfigError",
     "DatabaseError",
-    "InMemoryPublisher",
     "InboxEvent",
     "InboxHandlers",
-    "InboxReceiver",
-    "InboxRepository",
-    "InboxStatus",
-    "InboxWorker",
     "Message",
-    "MessageError",
     "NotInTransactionError",
     "Outbox",
     "OutboxConfig",
     "OutboxContainer",
     "OutboxError",
-    "OutboxEvent",
-    "OutboxRepository",
-    "OutboxStatus",
-    "PubSubPublisher",
-    "PublishOutcome",
-    "Publisher",
-    "PublisherTask",
-    "ReceivedMessage",
-    "SchemaDriftError",
-    "SchemaNameError",
-    "UnsupportedSessionError",
     "__version__",
     "load_settings",
-    "render_ddl",
-    "validate_schema_name",
 ]

@@ -22,13 +22,18 @@ import psycopg2.extensions
 from outbox_di import errors, redaction, schema
 
 __all__ = [
+    "BROKERS",
     "BackoffConfig",
     "InboxConfig",
+    "NatsConfig",
     "OutboxConfig",
     "PoolConfig",
     "PubSubConfig",
     "PublisherConfig",
+    "RabbitMQConfig",
+    "RedisConfig",
     "RetentionConfig",
+    "broker_names",
     "closest_key",
     "is_free_form",
     "normalize_dsn",
@@ -299,13 +304,81 @@ def _schema_name(value: Any, key: str) -> Iterator[str]:
         yield f"{key}: {exc}"
 
 
-def _resource_problem(value: str, key: str, kind: str, pattern: re.Pattern[str]) -> str | None:
+BROKERS = ("pubsub", "rabbitmq", "nats", "redis")
+"""The values ``broker`` takes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Names:
+    """What a topic and a subscription are called on one broker, and the rule for each."""
+
+    topic: str
+    topic_rule: str
+    topic_re: re.Pattern[str]
+    subscription: str
+    subscription_rule: str
+    subscription_re: re.Pattern[str]
+
+
+_AMQP_NAME = r"[A-Za-z0-9_.:-]{1,255}"
+_NATS_TOKEN = r"[^\s.*>/]+"
+_NAMES = {
+    "pubsub": _Names(
+        "topic",
+        "3-255 characters: letters, digits and . _ ~ % + -, starting with a letter, or "
+        "'projects/<project>/topics/<name>'",
+        _TOPIC_RE,
+        "subscription",
+        "3-255 characters: letters, digits and . _ ~ % + -, starting with a letter, or "
+        "'projects/<project>/subscriptions/<name>'",
+        _SUBSCRIPTION_RE,
+    ),
+    "rabbitmq": _Names(
+        "exchange",
+        "1-255 characters: letters, digits and _ . : -",
+        re.compile(_AMQP_NAME),
+        "queue",
+        "1-255 characters: letters, digits and _ . : -",
+        re.compile(_AMQP_NAME),
+    ),
+    "nats": _Names(
+        "subject",
+        "tokens separated by '.', with no spaces, '*', '>' or '/' (for example 'orders.events')",
+        re.compile(rf"{_NATS_TOKEN}(?:\.{_NATS_TOKEN})*"),
+        "consumer",
+        "'<stream>/<durable consumer>', each without spaces, '.', '*', '>' or '/' "
+        "(for example 'ORDERS/billing')",
+        re.compile(rf"{_NATS_TOKEN}/{_NATS_TOKEN}"),
+    ),
+    "redis": _Names(
+        "stream",
+        "a stream key of 1-512 characters without spaces",
+        re.compile(r"\S{1,512}"),
+        "consumer group",
+        "'<stream key>/<group>' (the group after the last '/'), without spaces",
+        re.compile(r"\S{1,512}/[^\s/]{1,255}"),
+    ),
+}
+
+
+_BROKER_LABELS = {"pubsub": "", "rabbitmq": "RabbitMQ ", "nats": "NATS ", "redis": "Redis "}
+
+
+def broker_names(broker: str) -> _Names:
+    """How ``broker`` names topics and subscriptions."""
+    return _NAMES[broker]
+
+
+def _name_problem(value: str, key: str, broker: str, *, subscription: bool) -> str | None:
+    names = _NAMES[broker]
+    kind, rule, pattern = (
+        (names.subscription, names.subscription_rule, names.subscription_re)
+        if subscription
+        else (names.topic, names.topic_rule, names.topic_re)
+    )
     if pattern.fullmatch(value):
         return None
-    return (
-        f"{key}: must be a {kind} name (3-255 characters: letters, digits and . _ ~ % + -, "
-        f"starting with a letter) or 'projects/<project>/{kind}s/<name>', got {value!r}"
-    )
+    return f"{key}: must be a {_BROKER_LABELS[broker]}{kind} name ({rule}), got {value!r}"
 
 
 SCHEMA_PLACEHOLDER = "{schema}"
@@ -314,33 +387,31 @@ several schemas publishes each to its own topic)."""
 
 
 def _topic(value: Any, key: str) -> Iterator[str]:
-    problem = _topic_problem(value, key)
-    if problem:
-        yield problem
+    if not value.strip():
+        yield f"{key}: must not be empty"
 
 
-def _topic_problem(value: str, key: str) -> str | None:
+def _topic_problem(value: str, key: str, broker: str) -> str | None:
     # {schema} is checked here as a typical name; the relay checks each topic it becomes again.
     shown = value.replace(SCHEMA_PLACEHOLDER, "schema")
-    if _TOPIC_RE.fullmatch(shown):
+    if _NAMES[broker].topic_re.fullmatch(shown):
         return None
-    return _resource_problem(value, key, "topic", _TOPIC_RE)
+    return _name_problem(value, key, broker, subscription=False)
 
 
-def topic_for_schema(topic: str, schema_name: str, key: str) -> str:
+def topic_for_schema(topic: str, schema_name: str, key: str, broker: str = "pubsub") -> str:
     """``topic`` with ``{schema}`` replaced by ``schema_name``; a clear error when the result is
-    not a topic name."""
+    not a topic name of ``broker``."""
     made = topic.replace(SCHEMA_PLACEHOLDER, schema_name)
-    problem = _resource_problem(made, key, "topic", _TOPIC_RE)
+    problem = _name_problem(made, key, broker, subscription=False)
     if problem:
         raise errors.ConfigError([f"{problem} (from {topic!r} for schema {schema_name!r})"])
     return made
 
 
 def _subscription(value: Any, key: str) -> Iterator[str]:
-    problem = _resource_problem(value, key, "subscription", _SUBSCRIPTION_RE)
-    if problem:
-        yield problem
+    if not value.strip():
+        yield f"{key}: must not be empty"
 
 
 def _routes(value: Any, key: str) -> Iterator[str]:
@@ -349,10 +420,8 @@ def _routes(value: Any, key: str) -> Iterator[str]:
             yield f"{key}: routing keys must be non-empty strings, got {_describe(route)}"
         elif not isinstance(topic, str):
             yield f"{key}.{route}: must be a topic string, got {_describe(topic)}"
-        else:
-            problem = _topic_problem(topic, f"{key}.{route}")
-            if problem:
-                yield problem
+        elif not topic.strip():
+            yield f"{key}.{route}: must not be empty"
 
 
 def _host_port(value: Any, key: str) -> Iterator[str]:
@@ -453,6 +522,26 @@ def _inbox_source(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
         yield f"{prefix}subscription: required when {prefix}enabled is true"
 
 
+def _broker_names(values: Mapping[str, Any], prefix: str) -> Iterator[str]:
+    """The topics and the subscription, checked by the rules of the configured broker."""
+    broker = values["broker"]
+    publisher, inbox = values["publisher"], values["inbox"]
+    if publisher.topic and publisher.topic.strip():
+        problem = _topic_problem(publisher.topic, f"{prefix}publisher.topic", broker)
+        if problem:
+            yield problem
+    for route, topic in publisher.topics.items():
+        if isinstance(route, str) and isinstance(topic, str) and topic.strip():
+            problem = _topic_problem(topic, f"{prefix}publisher.topics.{route}", broker)
+            if problem:
+                yield problem
+    if inbox.subscription and inbox.subscription.strip():
+        key = f"{prefix}inbox.subscription"
+        problem = _name_problem(inbox.subscription, key, broker, subscription=True)
+        if problem:
+            yield problem
+
+
 # --- the tree -----------------------------------------------------------------------------------
 
 
@@ -478,6 +567,89 @@ class PubSubConfig:
     emulator_host: str | None = _setting(None, _as_str, _host_port)
     # Bound on the start-up checks (the publisher's topics, the receiver's subscription).
     connect_timeout: float = _setting(10.0, parse_duration, _positive)
+
+    _rules: ClassVar[tuple[_Rule, ...]] = ()
+
+
+def _as_broker(value: object, key: str) -> str:
+    name = _as_str(value, key).strip().lower()
+    if name not in BROKERS:
+        close = closest_key(name, BROKERS)
+        hint = f" (did you mean {close!r}?)" if close else ""
+        raise ValueError(f"{key}: must be one of {', '.join(BROKERS)}, got {value!r}{hint}")
+    return name
+
+
+def _url(*schemes: str) -> _Check:
+    def check(value: Any, key: str) -> Iterator[str]:
+        scheme = value.partition("://")[0].lower() if "://" in value else ""
+        if scheme not in schemes:
+            forms = " or ".join(f"{item}://host:port" for item in schemes)
+            yield f"{key}: must be a URL {forms}, got {redaction.redact_dsn(value)!r}"
+
+    return check
+
+
+def _urls(*schemes: str) -> _Check:
+    one = _url(*schemes)
+
+    def check(value: Any, key: str) -> Iterator[str]:
+        for item in value.split(","):
+            yield from one(item.strip(), key)
+
+    return check
+
+
+class _RedactedURL:
+    """A repr that shows the section's ``url`` without its password."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{field.name}="
+            + repr(
+                redaction.redact_dsn(value)
+                if field.name in ("url", "servers") and isinstance(value, str)
+                else value
+            )
+            for field in dataclasses.fields(self)  # type: ignore[arg-type]
+            for value in (getattr(self, field.name),)
+        )
+        return f"{type(self).__name__}({fields})"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class RabbitMQConfig(_RedactedURL):
+    """Where RabbitMQ is (``broker = "rabbitmq"``): topics are exchanges, the inbox's
+    subscription a queue."""
+
+    url: str = _setting("amqp://guest:guest@127.0.0.1:5672/", _as_str, _url("amqp", "amqps"))
+    connect_timeout: float = _setting(10.0, parse_duration, _positive)
+
+    _rules: ClassVar[tuple[_Rule, ...]] = ()
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class NatsConfig(_RedactedURL):
+    """Where NATS is (``broker = "nats"``): topics are JetStream subjects, the inbox's
+    subscription a durable consumer ``STREAM/name``."""
+
+    servers: str = _setting("nats://127.0.0.1:4222", _as_str, _urls("nats", "tls"))
+    connect_timeout: float = _setting(10.0, parse_duration, _positive)
+
+    _rules: ClassVar[tuple[_Rule, ...]] = ()
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class RedisConfig(_RedactedURL):
+    """Where Redis is (``broker = "redis"``): topics are stream keys, the inbox's
+    subscription a consumer group ``stream/group``."""
+
+    url: str = _setting("redis://127.0.0.1:6379/0", _as_str, _url("redis", "rediss"))
+    connect_timeout: float = _setting(10.0, parse_duration, _positive)
+    # A delivery left unacknowledged this long (its receiver died) is taken by another.
+    claim_idle: float = _setting(30.0, parse_duration, _positive)
+    # Trim each stream to about this many entries on publish; None keeps them all.
+    max_length: int | None = _setting(None, _as_int, _at_least(1))
 
     _rules: ClassVar[tuple[_Rule, ...]] = ()
 
@@ -596,9 +768,18 @@ class OutboxConfig:
     """The schemas one relay process serves (``outbox-di worker``); ``("*",)``: every outbox
     schema. Empty: ``schema`` alone."""
     run_workers: bool = _setting(True, _as_bool)
+    broker: str = _setting("pubsub", _as_broker)
+    """Which broker the relay publishes to and the inbox receives from."""
     pool: PoolConfig = dataclasses.field(default_factory=PoolConfig, metadata=_section(PoolConfig))
     pubsub: PubSubConfig = dataclasses.field(
         default_factory=PubSubConfig, metadata=_section(PubSubConfig)
+    )
+    rabbitmq: RabbitMQConfig = dataclasses.field(
+        default_factory=RabbitMQConfig, metadata=_section(RabbitMQConfig)
+    )
+    nats: NatsConfig = dataclasses.field(default_factory=NatsConfig, metadata=_section(NatsConfig))
+    redis: RedisConfig = dataclasses.field(
+        default_factory=RedisConfig, metadata=_section(RedisConfig)
     )
     publisher: PublisherConfig = dataclasses.field(
         default_factory=PublisherConfig, metadata=_section(PublisherConfig)
@@ -610,7 +791,7 @@ class OutboxConfig:
         default_factory=RetentionConfig, metadata=_section(RetentionConfig)
     )
 
-    _rules: ClassVar[tuple[_Rule, ...]] = ()
+    _rules: ClassVar[tuple[_Rule, ...]] = (_Rule(("broker", "publisher", "inbox"), _broker_names),)
 
     def __post_init__(self) -> None:
         # A SQLAlchemy URL given in code (dataclasses.replace) is normalized as from_mapping does.
@@ -772,6 +953,7 @@ def _check(obj: Any, prefix: str, invalid: set[str]) -> Iterator[str]:
         if spec.section is not None:
             if isinstance(value, spec.section):
                 yield from _check(value, path + ".", invalid)
+                values[field.name] = value
             else:
                 yield f"{path}: must be {spec.section.__name__}, got {_describe(value)}"
                 bad.add(field.name)

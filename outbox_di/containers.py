@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 from dependency_injector import containers, providers
 from opentelemetry.metrics import Meter
 
+from outbox_di import brokers, database, errors, idle, observability, outbox, repository, retention
 from outbox_di import config as config_module
-from outbox_di import database, errors, idle, observability, outbox, repository, retention
 from outbox_di import settings as settings_module
 from outbox_di.inbox import handlers as handlers_module
 from outbox_di.inbox import worker as worker_module
@@ -90,13 +90,12 @@ async def relay_pool_resource(settings: config_module.OutboxConfig) -> AsyncIter
 
 @contextlib.asynccontextmanager
 async def publisher_resource(settings: config_module.OutboxConfig) -> AsyncIterator[base.Publisher]:
-    """The Pub/Sub publisher, its client created in the running loop; topics checked at start
-    (within ``pubsub.connect_timeout``). A start that fails or is cancelled closes the client."""
-    # Pub/Sub's client (grpc and the GAPIC modules, most of the import time of a process) is
-    # loaded by the processes that publish, not by those that only enqueue.
-    from outbox_di.publishing import pubsub
-
-    publisher = pubsub.PubSubPublisher(settings)
+    """The publisher of ``broker``, its client created in the running loop; topics checked at
+    start (within the broker's ``connect_timeout``). A start that fails or is cancelled closes
+    the client."""
+    # The broker's client (for Pub/Sub, grpc and the GAPIC modules: most of the import time of
+    # a process) is loaded by the processes that publish, not by those that only enqueue.
+    publisher = brokers.make_publisher(settings)
     try:
         await publisher.start()
         yield publisher
@@ -135,13 +134,16 @@ async def inbox_receiver_resource(
     logger: logging.Logger,
     meter: Meter,
 ) -> AsyncIterator[receiver_module.InboxReceiver | None]:
-    """The Pub/Sub → inbox receiver; ``None`` when ``inbox.enabled`` is false."""
+    """The broker → inbox receiver; ``None`` when ``inbox.enabled`` is false."""
     if not settings.inbox.enabled:
         yield None
         return
     from outbox_di.inbox import receiver as receiver_module
 
-    inbox_receiver = receiver_module.InboxReceiver(settings, inbox_repository, None, logger, meter)
+    subscriber = brokers.make_subscriber(settings)
+    inbox_receiver = receiver_module.InboxReceiver(
+        settings, inbox_repository, subscriber, logger, meter
+    )
     await inbox_receiver.start()
     try:
         yield inbox_receiver

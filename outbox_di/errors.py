@@ -85,14 +85,24 @@ class SchemaNotReadyError(OutboxError):
         super().__init__(f"schema {schema!r} is not ready: {found}; {fix}")
 
 
-class PubSubUnavailableError(OutboxError):
-    """Pub/Sub did not answer the start-up check (topics, subscription) within
-    ``pubsub.connect_timeout``; ``endpoint`` is where it was looked for."""
+class BrokerUnavailableError(OutboxError):
+    """The broker did not answer the start-up check (topics, subscription) within its
+    section's ``connect_timeout`` (``pubsub.connect_timeout``, ``rabbitmq.connect_timeout``,
+    ...); ``endpoint`` is where it was looked for, without any password."""
 
     def __init__(self, endpoint: str, timeout: float, message: str) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         super().__init__(message)
+
+
+class PubSubUnavailableError(BrokerUnavailableError):
+    """Pub/Sub did not answer the start-up check within ``pubsub.connect_timeout``."""
+
+
+class BrokerError(OutboxError):
+    """A broker call failed while running (a lost connection, a refused request); the
+    broker client's exception is the ``__cause__``. The loops back off and try again."""
 
 
 class StartAborted(OutboxError):

@@ -9,14 +9,14 @@ import gc
 import inspect
 import os
 import signal
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 
 from dependency_injector import providers
 
+from outbox_di import brokers, containers, database, errors, fleet, observability, settings
 from outbox_di import config as config_module
-from outbox_di import containers, database, errors, fleet, observability, settings
+from outbox_di.brokers import ports, startup
 from outbox_di.inbox import handlers as handlers_module
-from outbox_di.publishing import pubsub
 
 HANDLERS_HELP = (
     "the inbox handlers: an InboxHandlers or a mapping of event type to handler "
@@ -30,15 +30,15 @@ async def serve(container: containers.OutboxContainer, stop: asyncio.Event) -> N
     """Start the pool and the workers, wait for ``stop``, then drain and close everything
     (also what a failed start had already opened).
 
-    ``stop`` is watched during the start too: a start waiting for Pub/Sub (its checks take up to
-    ``pubsub.connect_timeout``) gives up as soon as ``stop`` is set, and what it had opened is
+    ``stop`` is watched during the start too: a start waiting for the broker (its checks take up
+    to its ``connect_timeout``) gives up as soon as ``stop`` is set, and what it had opened is
     closed. A connection to PostgreSQL being opened ends within ``pool.connect_timeout``.
     """
     try:
         try:
             # Not a cancellation: dependency-injector starts resources in tasks of its own,
             # which cancelling this one would leave running (see stop_startup_on).
-            with pubsub.stop_startup_on(stop):
+            with startup.stop_startup_on(stop):
                 await containers.start(container, workers=True)
         except errors.StartAborted as exc:
             observability.logger.info("outbox-di worker: %s", exc)
@@ -157,17 +157,13 @@ async def serve_fleet(config: config_module.OutboxConfig, stop: asyncio.Event) -
         application_name="outbox_di relay",
         settings=database.RELAY_SETTINGS,
     ) as pool:
-        client = pubsub.make_client(config)
+        make_publisher, close_client = _fleet_publishers(config)
         relay = fleet.FleetRelay(
-            config,
-            pool,
-            lambda member: pubsub.PubSubPublisher(member, client=client),
-            observability.logger,
-            observability.get_meter(),
+            config, pool, make_publisher, observability.logger, observability.get_meter()
         )
         try:
             try:
-                with pubsub.stop_startup_on(stop):
+                with startup.stop_startup_on(stop):
                     await relay.start()
             except errors.StartAborted as exc:
                 observability.logger.info("outbox-di worker: %s", exc)
@@ -177,8 +173,33 @@ async def serve_fleet(config: config_module.OutboxConfig, stop: asyncio.Event) -
             await stop.wait()
         finally:
             await relay.stop()
-            await client.transport.close()
+            await close_client()
             print(f"outbox-di worker: {relay.published} event(s) published", flush=True)
+
+
+def _fleet_publishers(
+    config: config_module.OutboxConfig,
+) -> tuple[Callable[[config_module.OutboxConfig], ports.Publisher], Callable[[], Awaitable[None]]]:
+    """How the fleet makes each schema's publisher, and what closes what they share: on
+    Pub/Sub one gRPC client for all; on the other brokers each schema's own connection (which
+    its publisher closes)."""
+    if config.broker != "pubsub":
+
+        async def nothing_shared() -> None:
+            return None
+
+        return brokers.make_publisher, nothing_shared
+    from outbox_di.brokers.pubsub import PubSubPublisher, connection
+
+    client = connection.make_client(config)
+
+    def make(member: config_module.OutboxConfig) -> ports.Publisher:
+        return PubSubPublisher(member, client=client)
+
+    async def close() -> None:
+        await client.transport.close()
+
+    return make, close
 
 
 def run(

@@ -1,11 +1,10 @@
-"""``InboxReceiver``: Pub/Sub subscription → inbox rows, acknowledged only after they commit.
+"""``InboxReceiver``: a broker subscription → inbox rows, acknowledged only after they commit.
 
-It pulls with the GAPIC ``SubscriberAsyncClient`` (unary ``Pull`` of up to 1,000 messages, one
-batched ``Acknowledge``), not the high-level streaming-pull ``SubscriberClient``: measured on
-Google's emulator the unary pull path received ~15k msg/s against ~1.5-2k msg/s for streaming
-pull (docs/inbox.md). Each loop:
+The broker is behind the :class:`~outbox_di.brokers.ports.Subscriber` port (Pub/Sub, RabbitMQ,
+NATS JetStream or Redis Streams, by ``broker``). Each loop:
 
-1. pulls a batch (bounded by ``inbox.max_messages`` / ``inbox.max_bytes`` outstanding);
+1. takes a batch of deliveries (bounded by ``inbox.max_messages`` / ``inbox.max_bytes``
+   outstanding across the loops);
 2. records it with one ``INSERT … ON CONFLICT DO NOTHING`` (autocommitted), which tells the
    new rows from the duplicates;
 3. acknowledges the whole batch, duplicates included, once the inserts committed.
@@ -14,9 +13,9 @@ A message PostgreSQL cannot store as received (a NUL character in an attribute: 
 ``jsonb`` cannot hold one) would fail its whole batch on every redelivery; it is recorded
 instead as a dead row, scrubbed, with the reason in ``last_error``, and acknowledged.
 
-When the database fails nothing is acknowledged: the batch is handed back to Pub/Sub at once
-(ack deadline 0, best effort; else it is redelivered after its deadline) and the loop backs
-off. The client is created in ``start()``, inside the running event loop.
+When the database fails nothing is acknowledged: the batch is handed back to the broker at
+once (best effort; else it is redelivered after the broker's own deadline) and the loop backs
+off. The subscriber's client is created in ``start()``, inside the running event loop.
 """
 
 from __future__ import annotations
@@ -26,82 +25,21 @@ import collections
 import dataclasses
 import hashlib
 import logging
-import os
 import random
 from collections.abc import Sequence
 from typing import Any
 
-from google.api_core import exceptions as google_exceptions
-from google.pubsub_v1.types import (
-    AcknowledgeRequest,
-    ModifyAckDeadlineRequest,
-    PullRequest,
-    PullResponse,
-)
 from opentelemetry.metrics import Meter
 
-from outbox_di import aio, errors, models, observability
+from outbox_di import aio, brokers, errors, models, observability
 from outbox_di import config as config_module
-from outbox_di.publishing import backoff, pubsub
+from outbox_di.brokers import ports
+from outbox_di.publishing import backoff
 from outbox_di.repository import InboxRepository
 
-MAX_PULL_MESSAGES = 1000
-# Acknowledge requests are limited to 512 KiB; an ack id is ~100-200 bytes.
-MAX_ACK_IDS_PER_REQUEST = 1000
-# Attributes the publisher sets that become columns rather than headers.
-_COLUMN_ATTRIBUTES = frozenset({"event_id", "event_type", "aggregate_type", "aggregate_id"})
-UNKNOWN_EVENT_TYPE = "unknown"
-
-_PB_PULL_REQUEST: Any = PullRequest.pb()
-_PB_ACK_REQUEST: Any = AcknowledgeRequest.pb()
-_PB_MODIFY_REQUEST: Any = ModifyAckDeadlineRequest.pb()
-
-
-def resolve_subscription(name: str, project: str | None) -> str:
-    """``projects/P/subscriptions/S`` from a full name, or from a bare name and the project."""
-    if name.startswith("projects/"):
-        return name
-    if not project:
-        raise errors.ConfigError(
-            [
-                f"inbox.subscription: {name!r} is a bare name but no project is known; set "
-                "pubsub.project (or GOOGLE_CLOUD_PROJECT), or give projects/P/subscriptions/S"
-            ]
-        )
-    return f"projects/{project}/subscriptions/{name}"
-
-
-def _project(settings: config_module.OutboxConfig) -> str | None:
-    return (
-        settings.pubsub.project
-        or os.environ.get("GOOGLE_CLOUD_PROJECT")
-        or os.environ.get("GCLOUD_PROJECT")
-    )
-
-
-def make_subscriber_client(settings: config_module.OutboxConfig) -> Any:
-    """A ``SubscriberAsyncClient``: on an insecure channel to the emulator when configured
-    (``pubsub.emulator_host`` or ``PUBSUB_EMULATOR_HOST``), else Google Cloud with application
-    default credentials. Call it inside the running event loop."""
-    from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
-    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
-
-    host = settings.pubsub.emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST")
-    if host:
-        import grpc
-
-        channel = grpc.aio.insecure_channel(
-            host,
-            options=[
-                ("grpc.max_send_message_length", -1),
-                ("grpc.max_receive_message_length", -1),
-                *pubsub.RECONNECT_OPTIONS,
-            ],
-        )
-        return SubscriberAsyncClient(transport=SubscriberGrpcAsyncIOTransport(channel=channel))
-    return SubscriberAsyncClient(
-        transport=pubsub.reconnecting_transport(SubscriberGrpcAsyncIOTransport)
-    )
+MAX_RECEIVE_MESSAGES = 1000
+"""The most deliveries one loop asks its subscriber for at a time."""
+UNKNOWN_EVENT_TYPE = ports.UNKNOWN_EVENT_TYPE
 
 
 MAX_EVENT_ID_BYTES = 1024
@@ -163,27 +101,6 @@ def scrubbed(message: models.ReceivedMessage) -> models.ReceivedMessage:
     )
 
 
-def to_received(pb_message: Any) -> models.ReceivedMessage:
-    """A ``ReceivedMessage`` from a raw ``PubsubMessage`` protobuf.
-
-    ``event_id`` falls back to Pub/Sub's message id; a missing ``event_type`` is recorded as
-    ``"unknown"`` (the worker parks it unless a default handler takes it).
-    """
-    attributes = pb_message.attributes
-    message_id: str = pb_message.message_id
-    headers = {key: value for key, value in attributes.items() if key not in _COLUMN_ATTRIBUTES}
-    return models.ReceivedMessage(
-        event_id=attributes.get("event_id") or message_id,
-        event_type=attributes.get("event_type") or UNKNOWN_EVENT_TYPE,
-        payload=pb_message.data,
-        headers=headers,
-        message_id=message_id or None,
-        aggregate_type=attributes.get("aggregate_type", ""),
-        aggregate_id=attributes.get("aggregate_id", ""),
-        ordering_key=pb_message.ordering_key or None,
-    )
-
-
 @dataclasses.dataclass
 class ReceiverStats:
     """Counters since start, for tests, benchmarks and the demo."""
@@ -214,7 +131,7 @@ class _FlowControl:
             await self._changed.wait_for(
                 lambda: self.messages < self.max_messages and self.bytes < self.max_bytes
             )
-            return min(MAX_PULL_MESSAGES, self.max_messages - self.messages)
+            return min(MAX_RECEIVE_MESSAGES, self.max_messages - self.messages)
 
     def take(self, messages: int, size: int) -> None:
         self.messages += messages
@@ -234,7 +151,7 @@ class InboxReceiver:
         self,
         config: config_module.OutboxConfig,
         repository: InboxRepository,
-        client: Any = None,
+        subscriber: ports.Subscriber | None = None,
         logger: logging.Logger | None = None,
         meter: Meter | None = None,
         *,
@@ -251,7 +168,7 @@ class InboxReceiver:
         self.settings = settings
         self.repository = repository
         self.consumer = config.inbox_consumer
-        self.subscription = resolve_subscription(settings.subscription, _project(config))
+        self.subscriber = subscriber or brokers.make_subscriber(config)
         self.logger = logger or observability.logger
         self.metrics = observability.InboxMetrics(
             meter, config.schema, self.consumer, enabled=settings.metrics_enabled
@@ -260,8 +177,6 @@ class InboxReceiver:
         self.pullers = pullers
         self.pull_timeout = pull_timeout
         self._rng = rng or random.Random()
-        self._client = client
-        self._owns_client = client is None
         self._flow: _FlowControl | None = None
         self._stop_requested = asyncio.Event()
         self._stopping = False
@@ -270,10 +185,9 @@ class InboxReceiver:
         self._started = False
 
     @property
-    def client(self) -> Any:
-        if self._client is None:
-            raise errors.OutboxError("InboxReceiver.start() must run before receiving")
-        return self._client
+    def subscription(self) -> str:
+        """The subscription as the broker knows it."""
+        return self.subscriber.name
 
     @property
     def running(self) -> bool:
@@ -282,56 +196,21 @@ class InboxReceiver:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the client, check the subscription exists, start the pull loops.
+        """Start the subscriber (it checks the subscription exists), then the pull loops.
 
-        The check is bounded by ``pubsub.connect_timeout``: a Pub/Sub that does not answer
-        raises :class:`~outbox_di.errors.PubSubUnavailableError` naming the endpoint. A start
-        that fails (or is cancelled) closes the client it created.
+        The check is bounded by the broker's ``connect_timeout``: a broker that does not answer
+        raises :class:`~outbox_di.errors.BrokerUnavailableError` naming the endpoint. A start
+        that fails (or is cancelled) leaves no client open.
         """
         if self._started:
             raise errors.OutboxError("this InboxReceiver was already started")
         self._started = True
-        if self._client is None:
-            self._client = make_subscriber_client(self.config)
-        try:
-            await self._check_subscription()
-        except BaseException:
-            await self._close_client()
-            raise
+        await self.subscriber.start()
         self._flow = _FlowControl(self.settings.max_messages, self.settings.max_bytes)
         self._loops = [
             asyncio.create_task(self._run(number), name=f"inbox-receiver-{number}")
             for number in range(self.pullers)
         ]
-
-    async def _check_subscription(self) -> None:
-        timeout = self.config.pubsub.connect_timeout
-        self.logger.info(
-            "checking subscription %s on %s (within %gs)",
-            self.subscription,
-            pubsub.describe_endpoint(self.config),
-            timeout,
-        )
-        try:
-            await pubsub.startup_call(
-                self.config,
-                self.client.get_subscription,
-                f"checking that subscription {self.subscription!r} exists",
-                deadline=asyncio.get_running_loop().time() + timeout,
-                subscription=self.subscription,
-            )
-        except google_exceptions.NotFound as exc:
-            raise errors.ConfigError(
-                [
-                    f"inbox.subscription: {self.subscription!r} does not exist ({exc.message}); "
-                    "create it first"
-                ]
-            ) from exc
-        except google_exceptions.PermissionDenied:
-            self.logger.warning(
-                "cannot check that subscription %s exists (permission denied); continuing",
-                self.subscription,
-            )
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop pulling; batches being recorded finish (and are acked) within ``timeout``."""
@@ -342,12 +221,7 @@ class InboxReceiver:
         if self._loops:
             _, pending = await asyncio.wait(self._loops, timeout=timeout)
             await aio.cancel_and_wait(pending, self.logger)
-        await self._close_client()
-
-    async def _close_client(self) -> None:
-        if self._client is not None and self._owns_client:
-            await self._client.transport.close()
-            self._client = None
+        await self.subscriber.close()
 
     async def __aenter__(self) -> InboxReceiver:
         await self.start()
@@ -381,9 +255,9 @@ class InboxReceiver:
                 exc,
                 delay,
             )
-        elif isinstance(exc, google_exceptions.GoogleAPICallError):
+        elif isinstance(exc, errors.BrokerError):
             self.logger.warning(
-                "inbox receiver %d: Pub/Sub call failed (%s); retrying in %.1fs",
+                "inbox receiver %d: %s; retrying in %.1fs",
                 number,
                 exc,
                 delay,
@@ -411,29 +285,21 @@ class InboxReceiver:
         """Sleep, but not past stop()."""
         await aio.wait_event(self._stop_requested, seconds)
 
-    async def _pull(self, number: int, max_messages: int) -> list[Any]:
-        request = PullRequest.wrap(
-            _PB_PULL_REQUEST(subscription=self.subscription, max_messages=max_messages)
-        )
-        pull = asyncio.ensure_future(
-            self.client.pull(request=request, timeout=self.pull_timeout, retry=None)
-        )
+    async def _pull(self, number: int, max_messages: int) -> Sequence[ports.Delivery]:
+        pull = asyncio.ensure_future(self.subscriber.receive(max_messages, self.pull_timeout))
         self._pulls[number] = pull
         try:
-            response = await pull
+            return await pull
         except asyncio.CancelledError:
             if self._stopping:
                 return []
             raise
-        except google_exceptions.DeadlineExceeded:
-            return []  # nothing arrived within pull_timeout
         finally:
             self._pulls.pop(number, None)
-        return list(PullResponse.pb(response).received_messages)
 
     async def receive_once(self, number: int = 0) -> int | None:
-        """One pull → record → ack cycle; how many messages were recorded as new (``None``
-        when nothing was pulled).
+        """One receive → record → ack cycle; how many messages were recorded as new (``None``
+        when nothing came).
 
         Raises :class:`errors.DatabaseError` (after handing the batch back) when the inserts
         failed; nothing of the batch is acknowledged then.
@@ -446,19 +312,18 @@ class InboxReceiver:
         received = await self._pull(number, room)
         if not received:
             return None
-        size = sum(len(item.message.data) for item in received)
+        size = sum(delivery.size for delivery in received)
         flow.take(len(received), size)
         try:
             return await self._settle(received)
         finally:
             await flow.give_back(len(received), size)
 
-    async def _settle(self, received: Sequence[Any]) -> int:
-        ack_ids = [item.ack_id for item in received]
+    async def _settle(self, received: Sequence[ports.Delivery]) -> int:
         messages: list[models.ReceivedMessage] = []
         refused: list[tuple[models.ReceivedMessage, str]] = []
-        for item in received:
-            message = to_received(item.message)
+        for delivery in received:
+            message = delivery.message
             problem = refusal(message)
             if problem is None:
                 messages.append(message)
@@ -481,7 +346,7 @@ class InboxReceiver:
             for message, problem in refused:
                 new_total += await self._record_refused(message, problem)
         except errors.DatabaseError:
-            await self._hand_back(ack_ids)
+            await self.subscriber.nack(received)
             raise
         except errors.MessageError as exc:
             # Not a database outage, and not fixed by retrying at once: left unacknowledged
@@ -490,9 +355,9 @@ class InboxReceiver:
             self.logger.error("inbox receiver: batch refused (%s); not acknowledged", exc)
             return 0
         except Exception as exc:  # a closed pool, a lost connection outside psycopg2
-            await self._hand_back(ack_ids)
+            await self.subscriber.nack(received)
             raise errors.DatabaseError(f"recording the batch failed: {exc!r}") from exc
-        await self._acknowledge(ack_ids)
+        await self._acknowledge(received)
         return new_total
 
     def _count_duplicates(
@@ -526,36 +391,14 @@ class InboxReceiver:
         )
         return 1
 
-    async def _acknowledge(self, ack_ids: Sequence[str]) -> None:
-        for start in range(0, len(ack_ids), MAX_ACK_IDS_PER_REQUEST):
-            chunk = ack_ids[start : start + MAX_ACK_IDS_PER_REQUEST]
-            request = AcknowledgeRequest.wrap(
-                _PB_ACK_REQUEST(subscription=self.subscription, ack_ids=chunk)
+    async def _acknowledge(self, received: Sequence[ports.Delivery]) -> None:
+        failed = await self.subscriber.ack(received)
+        self.stats.acked += len(received) - failed
+        if failed:
+            # The rows are committed: a redelivery is recorded as a duplicate and acked.
+            self.stats.ack_failures += failed
+            self.logger.warning(
+                "inbox receiver: acknowledging %d messages failed; they will be redelivered "
+                "and counted as duplicates",
+                failed,
             )
-            try:
-                await self.client.acknowledge(request=request, timeout=self.pull_timeout)
-            except google_exceptions.GoogleAPICallError as exc:
-                # The rows are committed: a redelivery is recorded as a duplicate and acked.
-                self.stats.ack_failures += len(chunk)
-                self.logger.warning(
-                    "inbox receiver: acknowledging %d messages failed (%s); they will be "
-                    "redelivered and counted as duplicates",
-                    len(chunk),
-                    exc,
-                )
-                continue
-            self.stats.acked += len(chunk)
-
-    async def _hand_back(self, ack_ids: Sequence[str]) -> None:
-        """Negative acknowledgement (deadline 0), best effort: redelivered at once."""
-        for start in range(0, len(ack_ids), MAX_ACK_IDS_PER_REQUEST):
-            chunk = ack_ids[start : start + MAX_ACK_IDS_PER_REQUEST]
-            request = ModifyAckDeadlineRequest.wrap(
-                _PB_MODIFY_REQUEST(
-                    subscription=self.subscription, ack_ids=chunk, ack_deadline_seconds=0
-                )
-            )
-            try:
-                await self.client.modify_ack_deadline(request=request, timeout=self.pull_timeout)
-            except google_exceptions.GoogleAPICallError as exc:
-                self.logger.debug("inbox receiver: could not hand back messages: %s", exc)

@@ -1,46 +1,18 @@
-"""The Publisher protocol the relay talks to, and an in-memory publisher for tests and benches.
+"""An in-memory publisher for tests and benches, and the relay's names for the publisher port.
 
-A publisher gets a claimed batch and returns one :class:`PublishOutcome` per event, in order.
-It never raises for a broker problem: a failed event gets an outcome with ``error`` set, and
-``permanent=True`` when retrying cannot help (a message over the broker's size limit, no topic
-for the event type), which dead-letters the row at once.
+:class:`Publisher` and :class:`PublishOutcome` are defined in :mod:`outbox_di.brokers.ports`
+(with the subscriber port); they are imported here for the relay's code.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
 from outbox_di import models
+from outbox_di.brokers.ports import Publisher, PublishOutcome
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PublishOutcome:
-    """What happened to one event of a batch."""
-
-    message_id: str | None = None
-    error: str | None = None
-    permanent: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@runtime_checkable
-class Publisher(Protocol):
-    """What the relay needs from a broker client."""
-
-    async def start(self) -> None:
-        """Check the configuration against the broker (topics exist); fail fast if not."""
-
-    async def publish(self, events: Sequence[models.OutboxEvent]) -> Sequence[PublishOutcome]:
-        """Publish ``events``; one outcome per event, in the same order."""
-
-    async def close(self) -> None:
-        """Release the broker client."""
+__all__ = ["InMemoryPublisher", "PublishOutcome", "Publisher"]
 
 
 class InMemoryPublisher:

@@ -22,9 +22,13 @@ Fixtures the service provides (function-scoped; sync or async):
     overrides it makes (``meter``, ``inbox_handlers``).
 
 ``inbox_topic``
-    An :class:`InboxTopic`: ``host`` (``"127.0.0.1:PORT"`` of the emulator), ``topic``
-    (``projects/P/topics/T``, **created before the test**, the topic the container's
-    subscription is attached to), and optionally ``emulator``.
+    Where the suite publishes what the container receives: any
+    :class:`~outbox_di.testing.brokers.Channel` whose ``subscription`` is the container's
+    ``inbox.subscription`` (``temporary_channel(settings)`` of :mod:`outbox_di.testing.brokers`
+    makes one on every broker), or, on Pub/Sub, an :class:`InboxTopic`: ``host``
+    (``"127.0.0.1:PORT"`` of the emulator), ``topic`` (``projects/P/topics/T``, **created
+    before the test**, the topic the container's subscription is attached to), and optionally
+    ``emulator``.
 
 ``inbox_samples`` (optional)
     A sequence of :class:`InboxSample`: events the service's own handlers accept. The suite
@@ -53,7 +57,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import pytest
-from google.pubsub_v1.types import PubsubMessage
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -63,6 +66,7 @@ from outbox_di import schema as schema_module
 from outbox_di.inbox import handlers as handlers_module
 from outbox_di.inbox import receiver as receiver_module
 from outbox_di.inbox import worker as worker_module
+from outbox_di.testing import brokers as brokers_testing
 from outbox_di.testing import emulator as emulator_module
 from outbox_di.testing import pubsub as pubsub_testing
 from outbox_di.testing.publisher_suite import metric_points, wait_until
@@ -84,18 +88,16 @@ class InboxTopic:
     topic: str
     emulator: emulator_module.InProcessEmulator | None = None
 
+    async def publish(self, messages: Sequence[tuple[bytes, Mapping[str, str]]]) -> None:
+        """Publish ``(payload, attributes)`` pairs to :attr:`topic` in one request."""
+        await publish(self.host, self.topic, messages)
+
 
 async def publish(
     host: str, topic: str, messages: Sequence[tuple[bytes, Mapping[str, str]]]
 ) -> list[str]:
     """Publish ``(data, attributes)`` pairs in one request; returns Pub/Sub's message ids."""
-    async with pubsub_testing.async_publisher_client(host) as publisher:
-        response = await publisher.publish(
-            topic=topic,
-            messages=[PubsubMessage(data=data, attributes=dict(attrs)) for data, attrs in messages],
-            timeout=10.0,
-        )
-    return list(response.message_ids)
+    return await pubsub_testing.publish(host, topic, messages)
 
 
 class HandlerCalls:
@@ -330,14 +332,12 @@ class InboxContract:
         return [await self._stored(run, event_id) for event_id in event_ids]
 
     async def _one_recovers_one_dies(
-        self, run: _Run, inbox_topic: InboxTopic, event_type: str, *, failures: int
+        self, run: _Run, inbox_topic: brokers_testing.Channel, event_type: str, *, failures: int
     ) -> tuple[models.InboxEvent, models.InboxEvent]:
         """Publish two events of ``event_type``: one whose handler fails ``failures`` times and
         then succeeds, one whose handler always fails; returns them processed and dead."""
         recovers, doomed = str(uuid.uuid4()), str(uuid.uuid4())
-        await publish(
-            inbox_topic.host,
-            inbox_topic.topic,
+        await inbox_topic.publish(
             [
                 (b'{"fail": %d}' % failures, self._attributes(event_type, recovers)),
                 (b'{"fail": 1000000}', self._attributes(event_type, doomed)),
@@ -367,17 +367,17 @@ class InboxContract:
     # -- the contract ----------------------------------------------------------------------
 
     async def test_duplicate_delivery_runs_the_handler_once(
-        self, inbox_container: Any, inbox_topic: InboxTopic
+        self, inbox_container: Any, inbox_topic: brokers_testing.Channel
     ) -> None:
         event_id = str(uuid.uuid4())
         attributes = self._attributes("recorded", event_id)
         async with self._running(inbox_container) as run:
             # Twice in one request, then once more after it was processed.
-            await publish(inbox_topic.host, inbox_topic.topic, [(b"{}", attributes)] * 2)
+            await inbox_topic.publish([(b"{}", attributes)] * 2)
             [stored] = await self._settled(
                 run, [event_id], models.InboxStatus.PROCESSED, "the event processed"
             )
-            await publish(inbox_topic.host, inbox_topic.topic, [(b"{}", attributes)])
+            await inbox_topic.publish([(b"{}", attributes)])
 
             async def both_duplicates_counted() -> bool:
                 return bool(sum(p.value for p in self._metric(run, _DUPLICATE, "recorded")) >= 2)
@@ -399,7 +399,7 @@ class InboxContract:
         assert self._metric(run, _LATENCY, "recorded")
 
     async def test_failing_handler_is_retried_then_dead(
-        self, inbox_container: Any, inbox_topic: InboxTopic
+        self, inbox_container: Any, inbox_topic: brokers_testing.Channel
     ) -> None:
         async with self._running(inbox_container) as run:
             max_attempts = run.settings.inbox.max_attempts
@@ -426,14 +426,12 @@ class InboxContract:
         assert sum(p.value for p in self._metric(run, _SUCCESS, "flaky")) == 1
 
     async def test_lease_of_a_dead_worker_expires_after_lock_ttl(
-        self, inbox_container: Any, inbox_topic: InboxTopic
+        self, inbox_container: Any, inbox_topic: brokers_testing.Channel
     ) -> None:
         event_id = str(uuid.uuid4())
         async with self._running(inbox_container, worker=False) as run:
             lock_ttl = run.settings.inbox.lock_ttl
-            await publish(
-                inbox_topic.host,
-                inbox_topic.topic,
+            await inbox_topic.publish(
                 [(b"{}", self._attributes("recorded", event_id))],
             )
             await self._settled(run, [event_id], models.InboxStatus.PENDING, "the event recorded")
@@ -466,15 +464,13 @@ class InboxContract:
         assert late_mark == 0, "the dead worker's fenced mark must change nothing"
 
     async def test_poison_message_is_parked_and_does_not_hold_back_the_others(
-        self, inbox_container: Any, inbox_topic: InboxTopic
+        self, inbox_container: Any, inbox_topic: brokers_testing.Channel
     ) -> None:
         undecodable, unstorable = str(uuid.uuid4()), str(uuid.uuid4())
         good = [str(uuid.uuid4()) for _ in range(5)]
         async with self._running(inbox_container) as run:
             max_attempts = run.settings.inbox.max_attempts
-            await publish(
-                inbox_topic.host,
-                inbox_topic.topic,
+            await inbox_topic.publish(
                 [
                     (b"not json", self._attributes("strict", undecodable)),
                     # PostgreSQL text and jsonb cannot hold a NUL character.
@@ -507,15 +503,13 @@ class InboxContract:
         assert sum(p.value for p in self._metric(run, _DEAD, "strict")) == 2
 
     async def test_event_type_without_a_handler_is_parked(
-        self, inbox_container: Any, inbox_topic: InboxTopic
+        self, inbox_container: Any, inbox_topic: brokers_testing.Channel
     ) -> None:
         event_id = str(uuid.uuid4())
         async with self._running(inbox_container) as run:
             if handlers_module.DEFAULT_HANDLER in self.service_handlers:
                 pytest.skip('the service registers a default handler ("*"): nothing is parked')
-            await publish(
-                inbox_topic.host,
-                inbox_topic.topic,
+            await inbox_topic.publish(
                 [(b"{}", self._attributes("unhandled", event_id))],
             )
             [parked] = await self._settled(
@@ -527,7 +521,7 @@ class InboxContract:
         )
 
     async def test_transactional_handler_rollback_leaves_no_partial_effect(
-        self, inbox_container: Any, inbox_topic: InboxTopic
+        self, inbox_container: Any, inbox_topic: brokers_testing.Channel
     ) -> None:
         async with self._running(inbox_container) as run:
             max_attempts = run.settings.inbox.max_attempts
@@ -543,7 +537,10 @@ class InboxContract:
         assert dead.delivery_attempts == max_attempts
 
     async def test_service_handlers_run_once_per_sample_event(
-        self, inbox_container: Any, inbox_topic: InboxTopic, request: pytest.FixtureRequest
+        self,
+        inbox_container: Any,
+        inbox_topic: brokers_testing.Channel,
+        request: pytest.FixtureRequest,
     ) -> None:
         try:
             samples: Sequence[InboxSample] = request.getfixturevalue("inbox_samples")
@@ -560,7 +557,7 @@ class InboxContract:
         ]
         async with self._running(inbox_container) as run:
             # Each sample twice: in one request, the second copy a duplicate of the first.
-            await publish(inbox_topic.host, inbox_topic.topic, messages + messages)
+            await inbox_topic.publish(messages + messages)
 
             async def settled() -> bool:
                 for event_id in ids:

@@ -22,9 +22,12 @@ Fixtures the service provides (function-scoped; sync or async):
     ``backoff`` (``50ms``, ``{initial: 10ms, max: 100ms}``) keep the suite fast.
 
 ``outbox_subscription``
-    An :class:`OutboxSubscription`: ``host`` (``"127.0.0.1:PORT"`` of the emulator),
-    ``path`` (``projects/P/subscriptions/S``, **created before the test**, attached to the topic
-    the container publishes the suite's events to, unordered, not shared with other consumers),
+    Where the suite reads what the container published: any
+    :class:`~outbox_di.testing.brokers.Channel` (``temporary_channel(settings)`` of
+    :mod:`outbox_di.testing.brokers` makes one on every broker), or, on Pub/Sub, an
+    :class:`OutboxSubscription`: ``host`` (``"127.0.0.1:PORT"`` of the emulator), ``path``
+    (``projects/P/subscriptions/S``, **created before the test**, attached to the topic the
+    container publishes the suite's events to, unordered, not shared with other consumers),
     and optionally ``emulator`` (the in-process emulator of ``pubsub_emulator``, or None).
     Messages other than the suite's own may arrive there: the suite acknowledges and ignores them.
 
@@ -34,7 +37,7 @@ What it checks: a row is published with its payload and attributes and counted i
 rows whose stored headers are not a JSON object of strings are still published.
 
 The failure test replaces the container's ``publisher`` with a :class:`FaultyPublisher` around a
-fresh :class:`~outbox_di.publishing.pubsub.PubSubPublisher` built from ``container.settings()``.
+fresh publisher of the configured broker, built from ``container.settings()``.
 Helpers here (:func:`pull_until`, :func:`wait_until`, :class:`FaultyPublisher`) are public for
 the service's own tests. See ``docs/publisher-suite.md``.
 """
@@ -48,20 +51,24 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
-from google.pubsub_v1.types import ReceivedMessage
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from outbox_di import config as config_module
-from outbox_di import containers, models, repository
+from outbox_di import brokers, containers, models, repository
 from outbox_di import schema as schema_module
-from outbox_di.publishing import base, pubsub
+from outbox_di.publishing import base
+from outbox_di.testing import brokers as brokers_testing
 from outbox_di.testing import emulator as emulator_module
 from outbox_di.testing import pubsub as pubsub_testing
+from outbox_di.testing.brokers import Probed
+
+if TYPE_CHECKING:
+    from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+    from google.pubsub_v1.types import ReceivedMessage
 
 __all__ = [
     "FaultyPublisher",
@@ -78,11 +85,36 @@ MAX_CONTRACT_LOCK_TTL = 2.0
 
 @dataclasses.dataclass(frozen=True)
 class OutboxSubscription:
-    """Where the suite pulls what the container published (see the module docstring)."""
+    """A Pub/Sub subscription the suite pulls what the container published from (see the
+    module docstring); it reads like a :class:`~outbox_di.testing.brokers.Channel`."""
 
     host: str
     path: str
     emulator: emulator_module.InProcessEmulator | None = None
+    topic: str = ""
+    """The topic the subscription is attached to (``projects/P/topics/T``), for :meth:`publish`."""
+
+    @property
+    def subscription(self) -> str:
+        return self.path
+
+    async def publish(self, messages: Sequence[tuple[bytes, Mapping[str, str]]]) -> None:
+        """Publish ``(payload, attributes)`` pairs to :attr:`topic` in one request."""
+        await pubsub_testing.publish(self.host, self.topic, messages)
+
+    async def pull(
+        self, done: Callable[[Sequence[Probed]], bool], within: float = 15.0
+    ) -> list[Probed]:
+        """Pull (acknowledging) until ``done(received)`` or ``within`` seconds."""
+        received: list[Probed] = []
+
+        def finished(batch: Sequence[Any]) -> bool:
+            received[:] = [pubsub_testing.probed(item) for item in batch]
+            return done(received)
+
+        async with pubsub_testing.async_subscriber_client(self.host) as subscriber:
+            await pull_until(subscriber, self.path, finished, within)
+        return received
 
 
 async def wait_until(
@@ -196,12 +228,10 @@ class FaultyPublisher:
             self.in_flight.difference_update(ids)
 
 
-def _by_event_id(
-    received: Sequence[ReceivedMessage], wanted: set[str]
-) -> dict[str, ReceivedMessage]:
-    found: dict[str, ReceivedMessage] = {}
+def _by_event_id(received: Sequence[Probed], wanted: set[str]) -> dict[str, Probed]:
+    found: dict[str, Probed] = {}
     for item in received:
-        event_id = item.message.attributes.get("event_id", "")
+        event_id = item.attributes.get("event_id", "")
         if event_id in wanted:
             found.setdefault(event_id, item)
     return found
@@ -252,19 +282,15 @@ class PublisherContract:
         return [await self._status(repo, event_id) for event_id in event_ids]
 
     async def _pull(
-        self, subscription: OutboxSubscription, event_ids: Sequence[uuid.UUID]
-    ) -> dict[str, ReceivedMessage]:
+        self, subscription: brokers_testing.Channel, event_ids: Sequence[uuid.UUID]
+    ) -> dict[str, Probed]:
         wanted = {str(event_id) for event_id in event_ids}
-        async with pubsub_testing.async_subscriber_client(subscription.host) as subscriber:
-            received = await pull_until(
-                subscriber,
-                subscription.path,
-                lambda got: len(_by_event_id(got, wanted)) == len(wanted),
-                self.wait_timeout,
-            )
+        received = await subscription.pull(
+            lambda got: len(_by_event_id(got, wanted)) == len(wanted), self.wait_timeout
+        )
         found = _by_event_id(received, wanted)
         missing = wanted - set(found)
-        assert not missing, f"never arrived on {subscription.path}: {sorted(missing)}"
+        assert not missing, f"never arrived on {subscription.subscription}: {sorted(missing)}"
         return found
 
     @staticmethod
@@ -281,7 +307,7 @@ class PublisherContract:
     # -- the contract ----------------------------------------------------------------------
 
     async def test_event_is_published_with_attributes_and_counted(
-        self, outbox_container: Any, outbox_subscription: OutboxSubscription
+        self, outbox_container: Any, outbox_subscription: brokers_testing.Channel
     ) -> None:
         settings = self._settings(outbox_container)
         reader = InMemoryMetricReader()
@@ -300,8 +326,8 @@ class PublisherContract:
         finally:
             await containers.stop(outbox_container)
             outbox_container.meter.reset_override()
-        assert pulled.message.data == b"\x00contract\xff"
-        attributes = dict(pulled.message.attributes)
+        assert pulled.payload == b"\x00contract\xff"
+        attributes = pulled.attributes
         expected = {
             "x-contract": "yes",
             "event_id": str(event_id),
@@ -325,12 +351,12 @@ class PublisherContract:
         }
 
     async def test_failed_publishes_are_retried_and_recorded(
-        self, outbox_container: Any, outbox_subscription: OutboxSubscription
+        self, outbox_container: Any, outbox_subscription: brokers_testing.Channel
     ) -> None:
         settings = self._settings(outbox_container)
         assert settings.publisher.max_attempts > 2, "the suite needs publisher.max_attempts >= 3"
         faulty = FaultyPublisher(
-            pubsub.PubSubPublisher(settings), fail_first=2, error="contract: broker unavailable"
+            brokers.make_publisher(settings), fail_first=2, error="contract: broker unavailable"
         )
         outbox_container.publisher.override(faulty)
         try:
@@ -351,7 +377,7 @@ class PublisherContract:
         assert str(event_id) in pulled
 
     async def test_row_leased_by_a_dead_worker_is_published_after_lock_ttl(
-        self, outbox_container: Any, outbox_subscription: OutboxSubscription
+        self, outbox_container: Any, outbox_subscription: brokers_testing.Channel
     ) -> None:
         settings = self._settings(outbox_container)
         lock_ttl = settings.publisher.lock_ttl
@@ -385,7 +411,7 @@ class PublisherContract:
         assert stored.published_at - now >= dt.timedelta(seconds=lock_ttl)
 
     async def test_headers_that_are_not_a_json_object_of_strings_are_tolerated(
-        self, outbox_container: Any, outbox_subscription: OutboxSubscription
+        self, outbox_container: Any, outbox_subscription: brokers_testing.Channel
     ) -> None:
         self._settings(outbox_container)
         stored_headers = {
@@ -414,11 +440,11 @@ class PublisherContract:
         finally:
             await containers.stop(outbox_container)
         for name, event_id in ids.items():
-            attributes = dict(pulled[str(event_id)].message.attributes)
+            attributes = pulled[str(event_id)].attributes
             assert attributes["event_id"] == str(event_id), name
             assert attributes["event_type"] == self.event_type, name
-        from_string = dict(pulled[str(ids["string"])].message.attributes)
+        from_string = pulled[str(ids["string"])].attributes
         assert from_string.get("x-from-string") == "kept"
-        numbers = dict(pulled[str(ids["numbers"])].message.attributes)
+        numbers = pulled[str(ids["numbers"])].attributes
         assert numbers.get("x-text") == "kept"
         assert numbers.get("x-number") == "7"

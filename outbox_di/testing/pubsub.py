@@ -29,10 +29,10 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
 import pytest
@@ -44,6 +44,7 @@ from google.pubsub_v1.types import pubsub
 
 from outbox_di import errors
 from outbox_di.testing import emulator as emulator_module
+from outbox_di.testing.brokers import Probed
 
 __all__ = [
     "ENV_BIN",
@@ -58,6 +59,8 @@ __all__ = [
     "available_kinds",
     "emulator_env",
     "find_google_emulator",
+    "probed",
+    "publish",
     "pubsub_emulator",
     "pubsub_google_emulator",
     "pubsub_inprocess_emulator",
@@ -475,6 +478,28 @@ async def temporary_subscription(
     finally:
         async with async_subscriber_client(host) as subscriber:
             await subscriber.delete_subscription(subscription=name)
+
+
+async def publish(
+    host: str, topic: str, messages: Sequence[tuple[bytes, Mapping[str, str]]]
+) -> list[str]:
+    """Publish ``(data, attributes)`` pairs to ``topic`` in one request, as another service
+    would; returns Pub/Sub's message ids."""
+    async with async_publisher_client(host) as publisher:
+        response = await publisher.publish(
+            topic=topic,
+            messages=[
+                pubsub.PubsubMessage(data=data, attributes=dict(attrs)) for data, attrs in messages
+            ],
+            timeout=10.0,
+        )
+    return list(response.message_ids)
+
+
+def probed(received: Any) -> Probed:
+    """A :class:`~outbox_di.testing.brokers.Probed` from a pulled ``ReceivedMessage``."""
+    message = received.message
+    return Probed(bytes(message.data), dict(message.attributes), message.message_id or None)
 
 
 # -- pytest fixtures (session-scoped, synchronous, plain values) ---------------------------------

@@ -34,7 +34,7 @@ from outbox_di import config, database, models, observability, repository
 from outbox_di.inbox.handlers import transactional
 from outbox_di.inbox.receiver import InboxReceiver
 from outbox_di.inbox.worker import InboxWorker
-from outbox_di.publishing.pubsub import PubSubPublisher
+from outbox_di.brokers.pubsub import PubSubPublisher, PubSubSubscriber
 from outbox_di.publishing.task import PublisherTask
 from outbox_di.testing import postgres
 from outbox_di.testing import pubsub as pubsub_testing
@@ -243,7 +243,7 @@ async def test_each_event_takes_effect_exactly_once_through_redeliveries_and_a_k
         repo_a = repository.OutboxRepository(pool_a, schema_a)
         repo_b = repository.InboxRepository(pool_b, schema_b)
         client = SwallowingAcks(pubsub_testing.async_subscriber_client(host), DROP_ACKS_OF)
-        receiver = InboxReceiver(cfg_b, repo_b, client)
+        receiver = InboxReceiver(cfg_b, repo_b, PubSubSubscriber(cfg_b, client))
         publisher = PubSubPublisher(cfg_a)
         relay = PublisherTask(cfg_a, repo_a, publisher)
         handlers = {"order.placed": take_effect}

@@ -15,6 +15,7 @@ import pytest
 from google.pubsub_v1.types import PubsubMessage
 
 from outbox_di import config, models, repository
+from outbox_di.brokers.pubsub import PubSubSubscriber, connection
 from outbox_di.inbox import receiver as receiver_module
 from outbox_di.inbox.receiver import InboxReceiver
 from outbox_di.inbox.worker import InboxWorker
@@ -167,7 +168,7 @@ async def test_bad_messages_are_stored_then_handled_parked_or_dead_and_acked_onl
     )  # fmt: skip
     cfg = _config(inbox_repository.schema, outbox_dsn, pubsub_emulator.host, subscription.path)
     client = _StoredBeforeAcked(
-        receiver_module.make_subscriber_client(cfg), outbox_pool, inbox_repository.schema
+        connection.make_subscriber_client(cfg), outbox_pool, inbox_repository.schema
     )
     totals: list[int] = []
 
@@ -178,7 +179,7 @@ async def test_bad_messages_are_stored_then_handled_parked_or_dead_and_acked_onl
         assert event.payload in (b"", b"{}")
 
     try:
-        async with InboxReceiver(cfg, inbox_repository, client=client) as receiver:
+        async with InboxReceiver(cfg, inbox_repository, PubSubSubscriber(cfg, client)) as receiver:
             await _until(lambda: len(client.acked) == 8)
     finally:
         await client.transport.close()

@@ -27,7 +27,8 @@ from psycopg2 import sql
 
 from outbox_di import config, database, fleet, models, repository
 from outbox_di.publishing import base
-from outbox_di.publishing.pubsub import PubSubPublisher, make_emulator_client
+from outbox_di.brokers.pubsub import PubSubPublisher
+from outbox_di.brokers.pubsub.connection import make_emulator_client
 from outbox_di.testing import postgres
 from outbox_di.testing.pubsub import (
     EmulatorEndpoint,

@@ -20,7 +20,7 @@ import pytest
 from google.pubsub_v1.types import ReceivedMessage
 
 from outbox_di import config, errors, models, repository
-from outbox_di.publishing.pubsub import PubSubPublisher
+from outbox_di.brokers.pubsub import PubSubPublisher
 from outbox_di.publishing.task import PublisherTask
 from outbox_di.testing import pubsub as pubsub_testing
 from outbox_di.testing.publisher_suite import pull_until, wait_until

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from outbox_di import errors, models
-from outbox_di.publishing import pubsub
+from outbox_di.brokers import ports
+from outbox_di.brokers.pubsub import publisher as pubsub
 from outbox_di.repository import OutboxRepository
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -96,7 +97,7 @@ def test_headers_are_refused_by_name_or_stored_as_a_json_object_of_strings(
     assert models.decode_headers(encoded) == headers
     # What Pub/Sub takes is the relay's business: a reason (the row is dead-lettered), or a size.
     event = _event(headers=headers)
-    checked = pubsub._check_message(event, pubsub._attributes(event))
+    checked = pubsub._check_message(event, ports.event_attributes(event))
     assert isinstance(checked, int) or checked.startswith(("attribute", "payload", "1", "2")), (
         checked
     )
@@ -127,7 +128,7 @@ def test_header_keys_and_values_pubsub_refuses_are_named_by_the_relay(
     message = models.Message("order", "o-1", "order.paid", {}, headers)
     assert REPOSITORY._row(message)
     event = _event(headers=headers)
-    assert reason in str(pubsub.message_problem(event, pubsub._attributes(event)))
+    assert reason in str(pubsub.message_problem(event, ports.event_attributes(event)))
 
 
 @pytest.mark.parametrize(("size", "refused"), [(0, False), (10_000_000, False), (10_000_001, True)])

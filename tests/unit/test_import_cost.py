@@ -41,7 +41,7 @@ def test_an_enqueue_only_process_does_not_load_grpc() -> None:
     )
     report = json.loads(found.stdout)
     assert report["loaded"] == []
-    assert report["publisher"] == "outbox_di.publishing.pubsub"
+    assert report["publisher"] == "outbox_di.brokers.pubsub.publisher"
     assert report["receiver"] == "outbox_di.inbox.receiver"
     assert report["after"] > report["modules"] + 100  # the lazy names brought grpc in
 

@@ -9,6 +9,7 @@ import pytest
 from google.pubsub_v1.types import PubsubMessage
 
 from outbox_di import config, errors, models
+from outbox_di.brokers.pubsub import names, subscriber
 from outbox_di.inbox import receiver, worker
 
 
@@ -36,7 +37,7 @@ def test_attributes_become_columns_and_the_rest_headers() -> None:
             "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         },
     )
-    message = receiver.to_received(pb)
+    message = subscriber.to_received(pb)
     assert message == models.ReceivedMessage(
         event_id="e-1",
         event_type="order.placed",
@@ -50,7 +51,7 @@ def test_attributes_become_columns_and_the_rest_headers() -> None:
 
 
 def test_missing_event_id_and_type_fall_back() -> None:
-    message = receiver.to_received(PubsubMessage.pb()(data=b"x", message_id="77"))
+    message = subscriber.to_received(PubsubMessage.pb()(data=b"x", message_id="77"))
     assert message.event_id == "77"
     assert message.event_type == receiver.UNKNOWN_EVENT_TYPE == "unknown"
     assert message.ordering_key is None and message.headers == {}
@@ -75,10 +76,10 @@ def test_nul_characters_are_refused_and_scrubbed() -> None:
 
 def test_subscription_names_resolve_like_topics() -> None:
     full = "projects/p/subscriptions/s"
-    assert receiver.resolve_subscription(full, None) == full
-    assert receiver.resolve_subscription("s", "p") == full
+    assert names.resolve_subscription(full, None) == full
+    assert names.resolve_subscription("s", "p") == full
     with pytest.raises(errors.ConfigError, match="no project is known"):
-        receiver.resolve_subscription("s", None)
+        names.resolve_subscription("s", None)
 
 
 def test_receiver_needs_a_subscription_and_uses_the_schema_as_consumer() -> None:

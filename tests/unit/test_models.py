@@ -107,7 +107,8 @@ def test_claimed_row_headers() -> None:
 def test_publish_request_built_in_place_equals_the_standard_construction() -> None:
     from google.pubsub_v1.types import PublishRequest, PubsubMessage
 
-    from outbox_di.publishing import pubsub
+    from outbox_di.brokers import ports
+    from outbox_di.brokers.pubsub import publisher as pubsub
 
     token = uuid.uuid4()
     events = [
@@ -129,14 +130,14 @@ def test_publish_request_built_in_place_equals_the_standard_construction() -> No
         )
         for n in range(6)
     ]
-    items = [(n, event, pubsub._attributes(event), 0) for n, event in enumerate(events)]
+    items = [(n, event, ports.event_attributes(event), 0) for n, event in enumerate(events)]
     built = pubsub.build_request("projects/p/topics/t", items)
     standard = PublishRequest.pb()(
         topic="projects/p/topics/t",
         messages=[
             PubsubMessage.pb()(
                 data=event.payload,
-                attributes=pubsub._attributes(event),
+                attributes=ports.event_attributes(event),
                 ordering_key=event.ordering_key or "",
             )
             for event in events
@@ -168,7 +169,8 @@ def test_the_plain_message_fast_path_agrees_with_the_full_check(
     ordering_key: str | None,
     plain: bool,
 ) -> None:
-    from outbox_di.publishing import pubsub
+    from outbox_di.brokers import ports
+    from outbox_di.brokers.pubsub import publisher as pubsub
 
     event = models.claimed_event(
         uuid.uuid4(),
@@ -187,7 +189,7 @@ def test_the_plain_message_fast_path_agrees_with_the_full_check(
         NOW,
     )
     fast = pubsub._plain_message_size(event)
-    full = pubsub._check_message(event, pubsub._attributes(event))
+    full = pubsub._check_message(event, ports.event_attributes(event))
     if plain:
         assert fast == full
         assert isinstance(fast, int)

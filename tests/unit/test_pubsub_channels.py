@@ -16,7 +16,7 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncI
 
 from outbox_di import config
 from outbox_di.inbox import receiver
-from outbox_di.publishing import pubsub
+from outbox_di.brokers.pubsub import connection as pubsub
 
 
 def _settings() -> config.OutboxConfig:
@@ -29,7 +29,7 @@ def _settings() -> config.OutboxConfig:
     ("make", "transport_class"),
     [
         (pubsub.make_client, PublisherGrpcAsyncIOTransport),
-        (receiver.make_subscriber_client, SubscriberGrpcAsyncIOTransport),
+        (pubsub.make_subscriber_client, SubscriberGrpcAsyncIOTransport),
     ],
     ids=["publisher", "subscriber"],
 )

@@ -196,7 +196,8 @@ def test_unknown_variable_names_the_closest_key(monkeypatch: pytest.MonkeyPatch)
         "OUTBOX_PUBLISHR__BATCH_SIZE: 'publishr' is not an outbox setting; "
         "did you mean 'publisher' (OUTBOX_PUBLISHER__BATCH_SIZE)?",
         "OUTBOX_ZZZ: 'zzz' is not an outbox setting; "
-        "settings are: schema, dsn, schemas, run_workers, pool, pubsub, publisher, inbox, "
+        "settings are: schema, dsn, schemas, run_workers, broker, pool, pubsub, rabbitmq, nats, "
+            "redis, publisher, inbox, "
         "retention",
     )
 

@@ -18,20 +18,19 @@ by message to find the culprit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import logging
-import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.api_core import exceptions as google_exceptions
-from google.api_core import retry_async
 from google.pubsub_v1.types import PublishRequest, PublishResponse
 
 from outbox_di import config as config_module
 from outbox_di import errors, models, observability
-from outbox_di.publishing.base import PublishOutcome
+from outbox_di.brokers import ports, routing
+from outbox_di.brokers.ports import PublishOutcome
+from outbox_di.brokers.pubsub import names
+from outbox_di.brokers.pubsub.connection import make_client, startup_call
 
 MAX_MESSAGES_PER_REQUEST = 1000
 MAX_REQUEST_BYTES = 10_000_000
@@ -46,73 +45,6 @@ _PB_REQUEST: Any = PublishRequest.pb()
 
 # One message of a request: (index in the batch, event, attributes, size bound in bytes).
 _Item = tuple[int, models.OutboxEvent, dict[str, str], int]
-
-
-def resolve_topic(name: str, project: str | None, key: str) -> str:
-    """``projects/P/topics/T`` from a full name, or from a bare name and the project."""
-    if name.startswith("projects/"):
-        return name
-    if not project:
-        raise errors.ConfigError(
-            [
-                f"{key}: topic {name!r} is a bare name but no project is known; set "
-                "pubsub.project (or GOOGLE_CLOUD_PROJECT), or give projects/P/topics/T"
-            ]
-        )
-    return f"projects/{project}/topics/{name}"
-
-
-def _project(settings: config_module.OutboxConfig) -> str | None:
-    return (
-        settings.pubsub.project
-        or os.environ.get("GOOGLE_CLOUD_PROJECT")
-        or os.environ.get("GCLOUD_PROJECT")
-    )
-
-
-class TopicRouter:
-    """Chooses each event's topic: ``topics[event_type]``, else ``topics[aggregate_type]``,
-    else ``topic``. Names are resolved once, at construction, ``{schema}`` in them replaced by
-    the schema's name."""
-
-    def __init__(self, settings: config_module.OutboxConfig) -> None:
-        project = _project(settings)
-        publisher = settings.publisher
-
-        def resolve(topic: str, key: str) -> str:
-            # {schema} in a name: this schema's topic (one relay, several schemas).
-            named = config_module.topic_for_schema(topic, settings.schema, key)
-            return resolve_topic(named, project, key)
-
-        self.default = resolve(publisher.topic, "publisher.topic") if publisher.topic else None
-        self.routes = {
-            route: resolve(topic, f"publisher.topics.{route}")
-            for route, topic in publisher.topics.items()
-        }
-
-    def topic_for(self, event: models.OutboxEvent) -> str | None:
-        routes = self.routes
-        if routes:
-            found = routes.get(event.event_type) or routes.get(event.aggregate_type)
-            if found:
-                return found
-        return self.default
-
-    def configured(self) -> dict[str, str]:
-        """Every configured topic with the key that names it."""
-        named = {f"publisher.topics.{route}": topic for route, topic in self.routes.items()}
-        if self.default:
-            named["publisher.topic"] = self.default
-        return named
-
-
-def _attributes(event: models.OutboxEvent) -> dict[str, str]:
-    attributes = dict(event.headers)
-    attributes["event_id"] = str(event.event_id)
-    attributes["event_type"] = event.event_type
-    attributes["aggregate_type"] = event.aggregate_type
-    attributes["aggregate_id"] = event.aggregate_id
-    return attributes
 
 
 # The attributes every message carries: their keys are valid, the event id is 36 characters.
@@ -187,181 +119,6 @@ def _check_message(event: models.OutboxEvent, attributes: Mapping[str, str]) -> 
     return payload_size + 4 * text + _MESSAGE_OVERHEAD
 
 
-GOOGLE_ENDPOINT = "pubsub.googleapis.com"
-# How much longer than pubsub.connect_timeout a start-up call may take before it is cancelled
-# (the GAPIC deadline should have ended it already).
-_STARTUP_GRACE = 1.0
-
-
-def endpoint(settings: config_module.OutboxConfig) -> tuple[str, str | None]:
-    """Where the clients connect, and the setting that chose it: ``pubsub.emulator_host``,
-    ``PUBSUB_EMULATOR_HOST``, or ``None`` for Google Cloud (``pubsub.googleapis.com``)."""
-    if settings.pubsub.emulator_host:
-        return settings.pubsub.emulator_host, "pubsub.emulator_host"
-    host = os.environ.get("PUBSUB_EMULATOR_HOST")
-    if host:
-        return host, "PUBSUB_EMULATOR_HOST"
-    return GOOGLE_ENDPOINT, None
-
-
-def describe_endpoint(settings: config_module.OutboxConfig) -> str:
-    """``"127.0.0.1:8085 (the emulator of pubsub.emulator_host)"`` or the Google endpoint."""
-    host, source = endpoint(settings)
-    return f"{host} (the emulator of {source})" if source else f"{host} (Google Cloud)"
-
-
-def unavailable(
-    settings: config_module.OutboxConfig, what: str, exc: BaseException
-) -> errors.PubSubUnavailableError:
-    """The error of a start-up check that Pub/Sub did not answer, naming the endpoint, the
-    timeout and the fix."""
-    host, source = endpoint(settings)
-    timeout = settings.pubsub.connect_timeout
-    cause = exc.cause if isinstance(exc, google_exceptions.RetryError) else exc
-    reason = getattr(cause, "message", None) or str(cause) or type(cause).__name__
-    if source is not None:
-        fix = (
-            f"start the Pub/Sub emulator at {host}, or point {source} at the one that runs "
-            "(pubsub.emulator_host in the settings, PUBSUB_EMULATOR_HOST in the environment)"
-        )
-    else:
-        fix = (
-            f"check that this host reaches {GOOGLE_ENDPOINT}:443 (network, firewall, proxy), "
-            "or set pubsub.emulator_host (or PUBSUB_EMULATOR_HOST) to use an emulator"
-        )
-    return errors.PubSubUnavailableError(
-        host,
-        timeout,
-        f"Pub/Sub did not answer at {describe_endpoint(settings)} within "
-        f"pubsub.connect_timeout ({timeout:g}s) while {what} ({reason}); {fix}; raise "
-        "pubsub.connect_timeout if it is only slow to answer",
-    )
-
-
-_startup_stop: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
-    "outbox_di_startup_stop", default=None
-)
-
-
-@contextlib.contextmanager
-def stop_startup_on(stop: asyncio.Event) -> Iterator[None]:
-    """For the block (and the tasks it creates), a start-up check gives up as soon as ``stop``
-    is set, raising :class:`~outbox_di.errors.StartAborted`.
-
-    ``outbox-di worker`` starts its container in this block, so SIGTERM ends a start that waits
-    for Pub/Sub. (A context variable, not a cancellation: dependency-injector initializes
-    resources in tasks of its own, which a cancelled start does not reach.)
-    """
-    token = _startup_stop.set(stop)
-    try:
-        yield
-    finally:
-        _startup_stop.reset(token)
-
-
-async def startup_call(
-    settings: config_module.OutboxConfig,
-    call: Callable[..., Awaitable[Any]],
-    what: str,
-    *,
-    deadline: float,
-    **kwargs: Any,
-) -> Any:
-    """``call(**kwargs)`` (a GAPIC method) retried while Pub/Sub is unavailable, until
-    ``deadline`` (``loop.time()``); :func:`unavailable` when it never answered.
-
-    The GAPIC deadline (``timeout`` and the retry's ``timeout``) should end it; the call is
-    cancelled a little later in any case, so a start never waits much past the deadline. Inside
-    :func:`stop_startup_on`, a stop ends it at once with :class:`~outbox_di.errors.StartAborted`.
-    """
-    remaining = deadline - asyncio.get_running_loop().time()
-    if remaining <= 0:
-        raise unavailable(settings, what, TimeoutError("no time left"))
-    retry = retry_async.AsyncRetry(
-        predicate=retry_async.if_exception_type(
-            google_exceptions.ServiceUnavailable, google_exceptions.DeadlineExceeded
-        ),
-        initial=0.1,
-        maximum=1.0,
-        multiplier=2.0,
-        timeout=remaining,
-    )
-    calling = asyncio.ensure_future(
-        asyncio.wait_for(call(timeout=remaining, retry=retry, **kwargs), remaining + _STARTUP_GRACE)
-    )
-    stop = _startup_stop.get()
-    if stop is not None:
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({calling, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not calling.done():
-                calling.cancel()
-        if not calling.done() or calling.cancelled():
-            with contextlib.suppress(asyncio.CancelledError):
-                await calling
-            raise errors.StartAborted(f"start-up stopped while {what}: a stop was requested")
-    try:
-        return await calling
-    except (
-        google_exceptions.RetryError,
-        google_exceptions.ServiceUnavailable,
-        google_exceptions.DeadlineExceeded,
-        asyncio.TimeoutError,
-    ) as exc:
-        raise unavailable(settings, what, exc) from exc
-
-
-RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-)
-"""gRPC channel options of the library's Pub/Sub clients: after a broker outage the channel tries
-to reconnect at most 2 s apart. gRPC's defaults (1 s, growing by 1.6x up to 120 s) left the
-fault-injection run's relay and receiver waiting up to 20 s after a 10 s outage had ended."""
-
-
-def reconnecting_transport(transport_class: Any) -> Any:
-    """A transport factory for a GAPIC async client (``transport=`` takes a callable): the
-    client's own gRPC transport, whose channel gets :data:`RECONNECT_OPTIONS` on top of the
-    options the transport sets itself. Everything else (endpoint, credentials, client info) is
-    what the client passes, as with its default transport."""
-
-    def create_channel(*args: Any, options: Sequence[Any] = (), **kwargs: Any) -> Any:
-        return transport_class.create_channel(
-            *args, options=[*options, *RECONNECT_OPTIONS], **kwargs
-        )
-
-    def transport(**kwargs: Any) -> Any:
-        return transport_class(channel=create_channel, **kwargs)
-
-    return transport
-
-
-def make_emulator_client(host: str) -> Any:
-    """A ``PublisherAsyncClient`` on an insecure channel to an emulator (no credentials)."""
-    import grpc
-    from google.pubsub_v1.services.publisher import PublisherAsyncClient
-    from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
-
-    channel = grpc.aio.insecure_channel(host, options=list(RECONNECT_OPTIONS))
-    return PublisherAsyncClient(transport=PublisherGrpcAsyncIOTransport(channel=channel))
-
-
-def make_client(settings: config_module.OutboxConfig) -> Any:
-    """The client for ``settings``: the emulator when configured (``pubsub.emulator_host`` or
-    ``PUBSUB_EMULATOR_HOST``), else Google Cloud with application default credentials."""
-    host = settings.pubsub.emulator_host or os.environ.get("PUBSUB_EMULATOR_HOST")
-    if host:
-        return make_emulator_client(host)
-    from google.pubsub_v1.services.publisher import PublisherAsyncClient
-    from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
-
-    return PublisherAsyncClient(transport=reconnecting_transport(PublisherGrpcAsyncIOTransport))
-
-
 class PubSubPublisher:
     """Publishes outbox events to Pub/Sub topics (see the module docstring)."""
 
@@ -372,7 +129,10 @@ class PubSubPublisher:
         logger: logging.Logger | None = None,
     ) -> None:
         self.settings = settings
-        self.router = TopicRouter(settings)
+        project = names.project(settings)
+        self.router = routing.TopicRouter(
+            settings, lambda name, key: names.resolve_topic(name, project, key)
+        )
         self.ordering = settings.publisher.ordering
         self.timeout = settings.publisher.publish_timeout
         self.logger = logger or observability.logger
@@ -412,7 +172,7 @@ class PubSubPublisher:
         timeout = self.settings.pubsub.connect_timeout
         self.logger.info(
             "checking topics on %s (within %gs): %s",
-            describe_endpoint(self.settings),
+            names.describe_endpoint(self.settings),
             timeout,
             ", ".join(sorted(set(topics.values()))),
         )
@@ -456,7 +216,7 @@ class PubSubPublisher:
                     permanent=True,
                 )
                 continue
-            attributes = _attributes(event)
+            attributes = ports.event_attributes(event)
             plain = _plain_message_size(event)
             checked = _check_message(event, attributes) if plain is None else plain
             if isinstance(checked, str):
