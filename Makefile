@@ -46,7 +46,7 @@ test: lint typecheck chromium
 	$(BIN)/pytest
 
 demo: $(STAMP)
-	$(BIN)/python -m integrations.demo
+	$(BIN)/python -m integrations.demo $(if $(BROKER),--broker $(BROKER))
 
 bench: $(STAMP)
 	$(BIN)/python bench/enqueue.py

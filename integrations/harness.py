@@ -41,23 +41,40 @@ def migrate(dsn: str, schema: str) -> None:
     )
 
 
-def service_env(
-    dsn: str, schema: str, host: str, topic: pubsub_testing.TopicWithSubscription
-) -> dict[str, str]:
+def pubsub_env(host: str, topic: pubsub_testing.TopicWithSubscription) -> dict[str, str]:
+    """The Pub/Sub part of :func:`service_env`: the emulator at ``host`` and ``topic``."""
+    return {
+        "OUTBOX_BROKER": "pubsub",
+        "OUTBOX_PUBSUB__PROJECT": topic.project,
+        "OUTBOX_PUBSUB__EMULATOR_HOST": host,
+        "OUTBOX_PUBLISHER__TOPIC": topic.name,
+        "OUTBOX_INBOX__SUBSCRIPTION": topic.name,
+    }
+
+
+def broker_env(broker: str, sections: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """``broker`` and its settings (``{"pubsub": {"project": ...}}``) as ``OUTBOX_*``
+    variables."""
+    env = {"OUTBOX_BROKER": broker}
+    for section, values in sections.items():
+        for key, value in values.items():
+            env[f"OUTBOX_{section.upper()}__{key.upper()}"] = value
+    return env
+
+
+def service_env(dsn: str, schema: str, broker: Mapping[str, str]) -> dict[str, str]:
     """The example's settings as ``OUTBOX_*`` variables (they win over its settings.toml):
-    its outbox relays to ``topic`` and its inbox reads ``topic``'s subscription."""
+    ``broker`` (from :func:`pubsub_env` or :func:`broker_env`, with the topic its outbox
+    relays to and the subscription its inbox reads) and short deadlines."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("OUTBOX_")}
     env.update(
         {
             "OUTBOX_DSN": dsn,
             "OUTBOX_SCHEMA": schema,
-            "OUTBOX_PUBSUB__PROJECT": topic.project,
-            "OUTBOX_PUBSUB__EMULATOR_HOST": host,
-            "OUTBOX_PUBLISHER__TOPIC": topic.name,
             "OUTBOX_PUBLISHER__TICK_INTERVAL": "200ms",
             "OUTBOX_PUBLISHER__SHUTDOWN_TIMEOUT": "5s",
-            "OUTBOX_INBOX__SUBSCRIPTION": topic.name,
             "OUTBOX_INBOX__SHUTDOWN_TIMEOUT": "5s",
+            **broker,
         }
     )
     return env

@@ -279,6 +279,46 @@ EXCEPTIONS: dict[str, tuple[str, Callable[[], None]]] = {
         "serves until stopped; tests/integration/test_dashboard.py serves the dashboard",
         _script_takes("outbox_di/cli.py", "--all-schemas", "--allow-actions", "--port"),
     ),
+    **{
+        f"pip install 'outbox_di[{extra}]'": (
+            "installs the published package from the network",
+            _extras_exist(extra),
+        )
+        for extra in ("rabbitmq", "nats", "redis")
+    },
+    "nats stream add ORDERS --subjects orders.events --storage file --defaults": (
+        "needs the nats command-line tool, not installed here; "
+        "tests/integration/test_broker_recipes.py runs the page's nats-py recipe for it",
+        _script_takes("tests/integration/test_broker_recipes.py", "add_stream"),
+    ),
+    "nats consumer add ORDERS billing --pull --ack explicit --defaults": (
+        "needs the nats command-line tool, not installed here; "
+        "tests/integration/test_broker_recipes.py runs the page's nats-py recipe for it",
+        _script_takes("tests/integration/test_broker_recipes.py", "add_stream"),
+    ),
+    **{
+        command: (
+            "needs RabbitMQ's management plugin, which this machine's server does not enable; "
+            "tests/integration/test_broker_recipes.py runs the page's aio-pika recipe for it",
+            _script_takes("tests/integration/test_broker_recipes.py", "declare_exchange"),
+        )
+        for command in (
+            "rabbitmqadmin declare exchange name=orders.events type=topic durable=true",
+            "rabbitmqadmin declare queue name=billing.orders durable=true",
+            "rabbitmqadmin declare binding source=orders.events destination=billing.orders "
+            "routing_key='order.#'",
+        )
+    },
+    "redis-cli -u redis://127.0.0.1:6379/0 XGROUP CREATE payments:events orders '$' MKSTREAM": (
+        "changes the shared Redis server; tests/integration/test_broker_recipes.py runs it "
+        "(and deletes what it made)",
+        _script_takes("tests/integration/test_broker_recipes.py", "XGROUP CREATE"),
+    ),
+    "redis-cli XGROUP DELCONSUMER payments:events orders <consumer name>": (
+        "a template (<consumer name> is a dead instance's); "
+        "tests/integration/test_broker_redis.py checks that a stopped instance removes its own",
+        _script_takes("tests/integration/test_broker_redis.py"),
+    ),
 }
 """Commands that cannot run in a test, keyed like :attr:`Command.key`: why, and a check of
 what they name (a make target, an extra, a script's option, an importable ``module:attribute``)."""

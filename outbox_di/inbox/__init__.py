@@ -1,3 +1,3 @@
-"""The inbox: :mod:`receiver` (Pub/Sub → inbox rows) and :mod:`worker` (rows → handlers)."""
+"""The inbox: :mod:`receiver` (broker → inbox rows) and :mod:`worker` (rows → handlers)."""
 
 from __future__ import annotations

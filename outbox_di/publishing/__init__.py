@@ -1,3 +1,4 @@
-"""The relay from the outbox table to a broker: protocol, Pub/Sub publisher, task, backoff."""
+"""The relay from the outbox table to a broker: the task, its backoff, an in-memory publisher
+for tests (the broker adapters are in :mod:`outbox_di.brokers`)."""
 
 from __future__ import annotations

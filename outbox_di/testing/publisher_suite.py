@@ -45,20 +45,21 @@ the service's own tests. See ``docs/publisher-suite.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from outbox_di import config as config_module
 from outbox_di import brokers, containers, models, repository
+from outbox_di import config as config_module
 from outbox_di import schema as schema_module
 from outbox_di.publishing import base
 from outbox_di.testing import brokers as brokers_testing
@@ -101,6 +102,19 @@ class OutboxSubscription:
     async def publish(self, messages: Sequence[tuple[bytes, Mapping[str, str]]]) -> None:
         """Publish ``(payload, attributes)`` pairs to :attr:`topic` in one request."""
         await pubsub_testing.publish(self.host, self.topic, messages)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, prefix: str = "extra") -> AsyncIterator[str]:
+        """Another subscription to :attr:`topic`, deleted on exit."""
+        project = self.topic.split("/")[1]
+        name = f"projects/{project}/subscriptions/{prefix}-{uuid.uuid4().hex[:12]}"
+        async with pubsub_testing.async_subscriber_client(self.host) as subscriber:
+            await subscriber.create_subscription(request={"name": name, "topic": self.topic})
+        try:
+            yield name
+        finally:
+            async with pubsub_testing.async_subscriber_client(self.host) as subscriber:
+                await subscriber.delete_subscription(subscription=name)
 
     async def pull(
         self, done: Callable[[Sequence[Probed]], bool], within: float = 15.0

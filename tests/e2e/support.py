@@ -122,7 +122,10 @@ async def check_catalog(
         pubsub_testing.temporary_subscription(host, topic, prefix="watch") as watched,
     ):
         port = harness.free_port()
-        env = {**harness.service_env(dsn, schema, host, topic), **(extra_env or {})}
+        env = {
+            **harness.service_env(dsn, schema, harness.pubsub_env(host, topic)),
+            **(extra_env or {}),
+        }
         full_command = [part.replace("{port}", str(port)) for part in command]
         async with harness.run_service(full_command, folder, env, port) as service:
             created = await create_items(service.client, [f"sku-{n}" for n in range(items)])

@@ -31,10 +31,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from psycopg2 import sql
 
 from outbox_di import config, database, models, observability, repository
+from outbox_di.brokers.pubsub import PubSubPublisher, PubSubSubscriber
 from outbox_di.inbox.handlers import transactional
 from outbox_di.inbox.receiver import InboxReceiver
 from outbox_di.inbox.worker import InboxWorker
-from outbox_di.brokers.pubsub import PubSubPublisher, PubSubSubscriber
 from outbox_di.publishing.task import PublisherTask
 from outbox_di.testing import postgres
 from outbox_di.testing import pubsub as pubsub_testing

@@ -16,7 +16,6 @@ from google.pubsub_v1.types import PubsubMessage
 
 from outbox_di import config, models, repository
 from outbox_di.brokers.pubsub import PubSubSubscriber, connection
-from outbox_di.inbox import receiver as receiver_module
 from outbox_di.inbox.receiver import InboxReceiver
 from outbox_di.inbox.worker import InboxWorker
 from outbox_di.testing import pubsub as pubsub_testing

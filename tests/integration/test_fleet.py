@@ -26,9 +26,9 @@ from google.pubsub_v1.types import PullResponse
 from psycopg2 import sql
 
 from outbox_di import config, database, fleet, models, repository
-from outbox_di.publishing import base
 from outbox_di.brokers.pubsub import PubSubPublisher
 from outbox_di.brokers.pubsub.connection import make_emulator_client
+from outbox_di.publishing import base
 from outbox_di.testing import postgres
 from outbox_di.testing.pubsub import (
     EmulatorEndpoint,

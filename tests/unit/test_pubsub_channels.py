@@ -15,7 +15,6 @@ from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOT
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 
 from outbox_di import config
-from outbox_di.inbox import receiver
 from outbox_di.brokers.pubsub import connection as pubsub
 
 

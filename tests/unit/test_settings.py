@@ -197,7 +197,7 @@ def test_unknown_variable_names_the_closest_key(monkeypatch: pytest.MonkeyPatch)
         "did you mean 'publisher' (OUTBOX_PUBLISHER__BATCH_SIZE)?",
         "OUTBOX_ZZZ: 'zzz' is not an outbox setting; "
         "settings are: schema, dsn, schemas, run_workers, broker, pool, pubsub, rabbitmq, nats, "
-            "redis, publisher, inbox, "
+        "redis, publisher, inbox, "
         "retention",
     )
 

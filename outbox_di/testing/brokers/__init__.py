@@ -54,6 +54,10 @@ class Channel(Protocol):
         """Read (and acknowledge) what arrives on the subscription until ``done(received)``
         or ``within`` seconds; everything received, redeliveries included."""
 
+    def subscribe(self, prefix: str = "extra") -> AbstractAsyncContextManager[str]:
+        """Another subscription to the topic (a second consumer), deleted on exit; its name
+        as ``inbox.subscription`` takes it. It gets what is published after it was made."""
+
 
 def _module(broker: str) -> types.ModuleType:
     if broker not in config_module.BROKERS:

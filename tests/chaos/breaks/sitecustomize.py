@@ -39,8 +39,8 @@ def _ack_before_store() -> None:
 
 
 def _mark_before_ack() -> None:
-    from outbox_di.publishing import base
     from outbox_di.brokers.pubsub import PubSubPublisher
+    from outbox_di.publishing import base
 
     publish = PubSubPublisher.publish
     background: set[asyncio.Future[Any]] = set()
