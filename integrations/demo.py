@@ -24,9 +24,11 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,6 +43,7 @@ from outbox_di import (
     config,
     containers,
     database,
+    schema,
 )
 from outbox_di.testing import brokers as brokers_testing
 from outbox_di.testing import postgres
@@ -67,6 +70,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=3000, help="POST /items to send (3000)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (16)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to drain (120)")
+    parser.add_argument(
+        "--workers",
+        choices=("inline", "process"),
+        default="inline",
+        help="where the catalog's relay and inbox run: in the web process (inline, the "
+        "default) or in an outbox-di worker process beside it (process)",
+    )
     parser.add_argument(
         "--broker",
         choices=config.BROKERS,
@@ -142,8 +152,14 @@ async def run(
             env = harness.service_env(dsn, CATALOG, broker)
             folder = harness.EXAMPLES / "catalog_fastapi"
             print(f"catalog:    FastAPI example on http://127.0.0.1:{port} (schema {CATALOG})")
+            if args.workers == "process":
+                env["OUTBOX_RUN_WORKERS"] = "false"
+                print("            its relay and inbox in an outbox-di worker process beside it")
             print(f"billing:    inbox of consumer 'billing' (schema {BILLING}), in this process")
-            async with harness.run_service(command, folder, env, port) as service:
+            async with (
+                worker_process(dsn, folder, env, enabled=args.workers == "process"),
+                harness.run_service(command, folder, env, port) as service,
+            ):
                 load = await send_load(service.client, args.requests, args.concurrency)
                 drained = await wait_drained(dsn, service.client, load.created, args.timeout)
             receiver = await billing.inbox_receiver()
@@ -154,6 +170,53 @@ async def run(
         service.output
     )
     return report(dsn, load, duplicates, drained, stopped, service.stopped_in)
+
+
+@contextlib.asynccontextmanager
+async def worker_process(
+    dsn: str, folder: Path, env: dict[str, str], *, enabled: bool
+) -> AsyncIterator[None]:
+    """``outbox-di worker`` for the catalog (its relay, inbox receiver and handlers), started
+    beside the web process and listening before the load begins; SIGTERM at the end."""
+    if not enabled:
+        yield
+        return
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "outbox_di.cli",
+        "worker",
+        "--handlers",
+        "fastapi_catalog:handlers",
+        cwd=folder,
+        env={**env, "OUTBOX_RUN_WORKERS": "true"},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_listening(dsn, process)
+        yield
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 30)
+
+
+async def wait_listening(dsn: str, process: asyncio.subprocess.Process) -> None:
+    """Until a backend LISTENs on the catalog's outbox channel: the worker's relay started."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %%' AND query LIKE %s"
+    pattern = f"%{schema.channel_name(CATALOG, 'outbox')}%"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            raise RuntimeError(f"outbox-di worker exited during startup ({process.returncode})")
+        with database.connect(dsn) as conn, conn.cursor() as cursor:
+            cursor.execute(query, (pattern,))
+            row = cursor.fetchone()
+        if row and row[0]:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("outbox-di worker did not start listening within 60 s")
 
 
 def fresh_schema(dsn: str, schema_name: str) -> None:

@@ -46,6 +46,56 @@ def test_an_enqueue_only_process_does_not_load_grpc() -> None:
     assert report["after"] > report["modules"] + 100  # the lazy names brought grpc in
 
 
+BROKER_WEB_PROCESS = """
+import json, sys
+from outbox_di import Message, Outbox, OutboxContainer
+import outbox_di.integrations.fastapi
+
+for broker in ("rabbitmq", "nats", "redis"):
+    OutboxContainer(
+        config={"schema": "catalog", "dsn": "postgresql://db/catalog", "run_workers": False,
+                "broker": broker, "publisher": {"topic": "events"}}
+    ).settings()
+clients = ("aio_pika", "aiormq", "nats", "redis", "grpc", "google.pubsub_v1")
+prefixes = tuple(client + "." for client in clients)
+print(json.dumps(sorted(
+    name for name in sys.modules if name in clients or name.startswith(prefixes)
+)))
+"""
+
+
+def test_a_web_process_loads_no_broker_client_whatever_the_broker() -> None:
+    found = subprocess.run(
+        [sys.executable, "-c", BROKER_WEB_PROCESS], capture_output=True, text=True, check=True
+    )
+    assert json.loads(found.stdout) == []
+
+
+def test_the_public_names_are_the_few_a_service_uses() -> None:
+    import outbox_di
+
+    assert sorted(outbox_di.__all__) == [
+        "ConfigError",
+        "DatabaseError",
+        "InboxEvent",
+        "InboxHandlers",
+        "Message",
+        "NotInTransactionError",
+        "Outbox",
+        "OutboxConfig",
+        "OutboxContainer",
+        "OutboxError",
+        "__version__",
+        "load_settings",
+    ]
+    # The names of 0.1.0 still resolve, from their own modules.
+    from outbox_di.inbox.worker import InboxWorker
+    from outbox_di.repository import OutboxRepository
+
+    assert outbox_di.OutboxRepository is OutboxRepository
+    assert outbox_di.InboxWorker is InboxWorker
+
+
 def test_an_unknown_name_is_still_an_attribute_error() -> None:
     import outbox_di
 
