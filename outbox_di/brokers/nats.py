@@ -351,13 +351,7 @@ class NatsPublisher:
         for index, event in enumerate(events):
             subject = self.router.topic_for(event)
             if subject is None:
-                outcomes[index] = PublishOutcome(
-                    error=(
-                        f"no subject for event_type {event.event_type!r} / aggregate_type "
-                        f"{event.aggregate_type!r}: set publisher.topic or publisher.topics"
-                    ),
-                    permanent=True,
-                )
+                outcomes[index] = routing.unrouted(event, "subject")
                 continue
             headers = event_attributes(event)
             problem = message_problem(headers, event.payload, max_payload)

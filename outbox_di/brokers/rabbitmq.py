@@ -360,13 +360,7 @@ class RabbitMQPublisher:
         """The message for ``event``, or the permanent failure that keeps it from being sent."""
         exchange = self.router.topic_for(event)
         if exchange is None:
-            return PublishOutcome(
-                error=(
-                    f"no exchange for event_type {event.event_type!r} / aggregate_type "
-                    f"{event.aggregate_type!r}: set publisher.topic or publisher.topics"
-                ),
-                permanent=True,
-            )
+            return routing.unrouted(event, "exchange")
         payload = event.payload
         if len(payload) > self.max_message_bytes:
             return PublishOutcome(

@@ -42,7 +42,7 @@ from redis import exceptions as redis_exceptions
 
 from outbox_di import config as config_module
 from outbox_di import errors, models, observability, redaction
-from outbox_di.brokers import startup
+from outbox_di.brokers import routing, startup
 from outbox_di.brokers.ports import Delivery, PublishOutcome, event_attributes, received_message
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "PAYLOAD_FIELD",
     "RedisPublisher",
     "RedisSubscriber",
-    "StreamRouter",
     "connect",
     "decode_attributes",
     "encode_attributes",
@@ -241,39 +240,6 @@ def group_create_command(stream: str, group: str) -> str:
 # --- the publisher -------------------------------------------------------------------------
 
 
-class StreamRouter:
-    """Chooses each event's stream: ``topics[event_type]``, else ``topics[aggregate_type]``,
-    else ``topic``. Names are resolved once, at construction, ``{schema}`` in them replaced by
-    the schema's name (and checked again as a stream key)."""
-
-    def __init__(self, settings: config_module.OutboxConfig) -> None:
-        publisher = settings.publisher
-
-        def resolve(topic: str, key: str) -> str:
-            return config_module.topic_for_schema(topic, settings.schema, key, "redis")
-
-        self.default = resolve(publisher.topic, "publisher.topic") if publisher.topic else None
-        self.routes = {
-            route: resolve(topic, f"publisher.topics.{route}")
-            for route, topic in publisher.topics.items()
-        }
-
-    def stream_for(self, event: models.OutboxEvent) -> str | None:
-        routes = self.routes
-        if routes:
-            found = routes.get(event.event_type) or routes.get(event.aggregate_type)
-            if found:
-                return found
-        return self.default
-
-    def configured(self) -> dict[str, str]:
-        """Every configured stream with the key that names it."""
-        named = {f"publisher.topics.{route}": topic for route, topic in self.routes.items()}
-        if self.default:
-            named["publisher.topic"] = self.default
-        return named
-
-
 async def _value_limit(client: aioredis.Redis, logger: logging.Logger) -> int:
     """The server's ``proto-max-bulk-len``, or the default when ``CONFIG GET`` is refused (a
     managed Redis often renames or forbids it)."""
@@ -304,7 +270,7 @@ class RedisPublisher:
         logger: logging.Logger | None = None,
     ) -> None:
         self.settings = settings
-        self.router = StreamRouter(settings)
+        self.router = routing.TopicRouter(settings)
         self.timeout = settings.publisher.publish_timeout
         self.max_length = settings.redis.max_length
         self.max_value_bytes = DEFAULT_MAX_VALUE_BYTES
@@ -400,15 +366,9 @@ class RedisPublisher:
         pipeline = self.client.pipeline(transaction=False)
         max_length = self.max_length
         for index, event in enumerate(events):
-            stream = self.router.stream_for(event)
+            stream = self.router.topic_for(event)
             if stream is None:
-                outcomes[index] = PublishOutcome(
-                    error=(
-                        f"no topic for event_type {event.event_type!r} / aggregate_type "
-                        f"{event.aggregate_type!r}: set publisher.topic or publisher.topics"
-                    ),
-                    permanent=True,
-                )
+                outcomes[index] = routing.unrouted(event)
                 continue
             attributes = encode_attributes(event_attributes(event))
             problem = self._size_problem(event, attributes)

@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 from outbox_di import config as config_module
 from outbox_di import models
+from outbox_di.brokers.ports import PublishOutcome
 
-__all__ = ["TopicRouter"]
+__all__ = ["TopicRouter", "unrouted"]
 
 
 def _as_named(name: str, key: str) -> str:
@@ -51,3 +52,15 @@ class TopicRouter:
         if self.default:
             named["publisher.topic"] = self.default
         return named
+
+
+def unrouted(event: models.OutboxEvent, kind: str = "topic") -> PublishOutcome:
+    """The permanent failure of an event that no topic (``kind``: the broker's word for it)
+    takes: retrying cannot help until the configuration routes it."""
+    return PublishOutcome(
+        error=(
+            f"no {kind} for event_type {event.event_type!r} / aggregate_type "
+            f"{event.aggregate_type!r}: set publisher.topic or publisher.topics"
+        ),
+        permanent=True,
+    )

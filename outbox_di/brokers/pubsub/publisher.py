@@ -208,13 +208,7 @@ class PubSubPublisher:
         for index, event in enumerate(events):
             topic = self.router.topic_for(event)
             if topic is None:
-                outcomes[index] = PublishOutcome(
-                    error=(
-                        f"no topic for event_type {event.event_type!r} / aggregate_type "
-                        f"{event.aggregate_type!r}: set publisher.topic or publisher.topics"
-                    ),
-                    permanent=True,
-                )
+                outcomes[index] = routing.unrouted(event)
                 continue
             attributes = ports.event_attributes(event)
             plain = _plain_message_size(event)
