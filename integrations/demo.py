@@ -63,6 +63,8 @@ class Load:
     refused: int = 0
     errors: int = 0
     seconds: float = 0.0
+    busy_cores: float = 0.0  # the whole machine's CPU in use during the load, in cores
+    service_cores: float = 0.0  # what the catalog's web (and worker) processes used of it
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -157,10 +159,13 @@ async def run(
                 print("            its relay and inbox in an outbox-di worker process beside it")
             print(f"billing:    inbox of consumer 'billing' (schema {BILLING}), in this process")
             async with (
-                worker_process(dsn, folder, env, enabled=args.workers == "process"),
+                worker_process(dsn, folder, env, enabled=args.workers == "process") as worker,
                 harness.run_service(command, folder, env, port) as service,
             ):
+                pids = [service.process.pid] + ([worker.pid] if worker else [])
+                before = CpuSample.now(pids)
                 load = await send_load(service.client, args.requests, args.concurrency)
+                load.busy_cores, load.service_cores = before.cores_until(CpuSample.now(pids))
                 drained = await wait_drained(dsn, service.client, load.created, args.timeout)
             receiver = await billing.inbox_receiver()
             duplicates = receiver.stats.duplicates
@@ -175,11 +180,11 @@ async def run(
 @contextlib.asynccontextmanager
 async def worker_process(
     dsn: str, folder: Path, env: dict[str, str], *, enabled: bool
-) -> AsyncIterator[None]:
+) -> AsyncIterator[asyncio.subprocess.Process | None]:
     """``outbox-di worker`` for the catalog (its relay, inbox receiver and handlers), started
     beside the web process and listening before the load begins; SIGTERM at the end."""
     if not enabled:
-        yield
+        yield None
         return
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -195,7 +200,7 @@ async def worker_process(
     )
     try:
         await wait_listening(dsn, process)
-        yield
+        yield process
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
@@ -217,6 +222,38 @@ async def wait_listening(dsn: str, process: asyncio.subprocess.Process) -> None:
             return
         await asyncio.sleep(0.1)
     raise RuntimeError("outbox-di worker did not start listening within 60 s")
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuSample:
+    """The machine's CPU time (busy and in all, from /proc/stat) and that of some processes,
+    at one moment; zeros where /proc is not there (not Linux)."""
+
+    at: float
+    busy: float
+    processes: float
+
+    @classmethod
+    def now(cls, pids: Sequence[int]) -> CpuSample:
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                jiffies = [int(value) for value in stat.readline().split()[1:9]]
+            busy = (sum(jiffies) - jiffies[3] - jiffies[4]) / tick  # all but idle and iowait
+            used = 0.0
+            for pid in pids:
+                with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+                used += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        except OSError:
+            busy = used = 0.0
+        return cls(time.monotonic(), busy, used)
+
+    def cores_until(self, later: CpuSample) -> tuple[float, float]:
+        """Cores in use on average from this sample to ``later``: the machine's, the
+        processes'."""
+        seconds = max(later.at - self.at, 1e-9)
+        return (later.busy - self.busy) / seconds, (later.processes - self.processes) / seconds
 
 
 def fresh_schema(dsn: str, schema_name: str) -> None:
@@ -360,8 +397,19 @@ def report(
             f"p99 {figures['lag_p99']:.1f} ms",
         ),
         (
+            "",
+            f"(transaction start to claim p50 {figures['claim_p50']:.1f} ms, p99 "
+            f"{figures['claim_p99']:.1f} ms; claim to ack p50 {figures['ack_p50']:.1f} ms, "
+            f"p99 {figures['ack_p99']:.1f} ms)",
+        ),
+        (
             "end to end",
             f"enqueue to billed p50 {figures['e2e_p50']:.1f} ms, p99 {figures['e2e_p99']:.1f} ms",
+        ),
+        (
+            "cpu",
+            f"{load.busy_cores:.2f} of {os.cpu_count()} cores busy during the load; the "
+            f"catalog's processes {load.service_cores:.2f}",
         ),
         (
             "shutdown",
@@ -410,15 +458,22 @@ def summary(dsn: str) -> dict[str, float]:
              FROM {c}.outbox_events WHERE status = 'published'),
           (SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP
              (ORDER BY EXTRACT(EPOCH FROM l.billed_at - o.created_at) * 1000)
-             FROM {b}.invoice_lines l JOIN {c}.outbox_events o ON o.event_id::text = l.event_id)
+             FROM {b}.invoice_lines l JOIN {c}.outbox_events o ON o.event_id::text = l.event_id),
+          (SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP
+             (ORDER BY EXTRACT(EPOCH FROM locked_at - created_at) * 1000)
+             FROM {c}.outbox_events WHERE status = 'published'),
+          (SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP
+             (ORDER BY EXTRACT(EPOCH FROM published_at - locked_at) * 1000)
+             FROM {c}.outbox_events WHERE status = 'published')
         """
     ).format(c=c, b=b)
     with database.connect(dsn) as conn, conn, conn.cursor() as cursor:
         cursor.execute(query)
         row = cursor.fetchone()
     assert row is not None
-    enqueued, published, dead, billed, received, rate, lag, e2e = row
+    enqueued, published, dead, billed, received, rate, lag, e2e, claimed, acked = row
     lag, e2e = lag or [0.0, 0.0], e2e or [0.0, 0.0]
+    claimed, acked = claimed or [0.0, 0.0], acked or [0.0, 0.0]
     return {
         "enqueued": enqueued,
         "published": published,
@@ -430,6 +485,10 @@ def summary(dsn: str) -> dict[str, float]:
         "lag_p99": lag[1],
         "e2e_p50": e2e[0],
         "e2e_p99": e2e[1],
+        "claim_p50": claimed[0],
+        "claim_p99": claimed[1],
+        "ack_p50": acked[0],
+        "ack_p99": acked[1],
     }
 
 
