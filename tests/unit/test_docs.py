@@ -111,3 +111,30 @@ def test_the_fleet_page_settings_are_a_valid_configuration() -> None:
         assert config.topic_for_schema(settings.publisher.topic or "", "billing", "topic") == (
             "billing-events"
         )
+
+
+@pytest.mark.parametrize(
+    ("page", "broker"),
+    [
+        ("docs/brokers.md", "rabbitmq"),
+        ("docs/broker-rabbitmq.md", "rabbitmq"),
+        ("docs/broker-nats.md", "nats"),
+        ("docs/broker-redis.md", "redis"),
+    ],
+)
+def test_the_broker_pages_settings_are_valid_configurations(page: str, broker: str) -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    from outbox_di import config
+
+    text = (doc_commands.ROOT / page).read_text(encoding="utf-8")
+    blocks = re.findall(r"^```toml\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    assert blocks, f"{page} shows its settings in a toml block"
+    checked = 0
+    for block in blocks:
+        data = tomllib.loads(block)
+        if "outbox" in data:
+            settings = config.OutboxConfig.from_mapping(data["outbox"])
+            assert settings.broker == broker
+            checked += 1
+    assert checked, f"{page} has no [outbox] settings in its toml blocks"
