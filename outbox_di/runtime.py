@@ -29,7 +29,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, cast
 
 from outbox_di import aio, errors, models
@@ -38,7 +38,16 @@ from outbox_di.publishing import backoff
 T = TypeVar("T")
 S = TypeVar("S")
 
-__all__ = ["STATS_INTERVAL", "Runtime", "Supervised", "Wakes", "outage_delay", "report_backlog"]
+__all__ = [
+    "STATS_INTERVAL",
+    "Claim",
+    "Runtime",
+    "Supervised",
+    "Wakes",
+    "outage_delay",
+    "release_leftovers",
+    "report_backlog",
+]
 
 STATS_INTERVAL = 5.0
 """Seconds between two reads of the backlog gauges (pending rows, the oldest one's age)."""
@@ -78,6 +87,41 @@ async def report_backlog(
     if oldest is not None:
         age_ms = max(0.0, (models.utcnow() - oldest).total_seconds() * 1000.0)
     gauge(pending, age_ms)
+
+
+class Claim(Protocol):
+    """A batch a loop holds under its lease, by the ids it has not settled yet."""
+
+    @property
+    def event_ids(self) -> Collection[Any]: ...
+
+
+C = TypeVar("C", bound=Claim)
+
+
+async def release_leftovers(
+    claims: dict[int, C],
+    release: Callable[[C], Awaitable[None]],
+    *,
+    lost: str,
+    lock_ttl: float,
+    logger: logging.Logger,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Give back the leases of the batches left in flight, by loop number in ``claims`` (the
+    ``release`` hook of a stop: their loops are done, so nothing settles them any more), so
+    that no other worker waits ``lock_ttl`` for them. ``claims`` is emptied first. A release
+    that fails is logged with ``lost`` (``%d`` the rows, ``%.0f`` the ``lock_ttl``): those rows
+    are due again after their lease."""
+    leftovers = list(claims.values())
+    claims.clear()
+    for claim in leftovers:
+        if not claim.event_ids:
+            continue  # every row of it was settled
+        try:
+            await release(claim)
+        except errors.DatabaseError:
+            logger.warning(lost, len(claim.event_ids), lock_ttl, extra=extra)
 
 
 def _always(_: object) -> bool:

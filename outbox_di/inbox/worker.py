@@ -206,20 +206,19 @@ class InboxWorker(runtime.Supervised):
         await self._runtime.stop(timeout, default=self.shutdown_timeout)
 
     async def _release_leftovers(self) -> None:
-        claims = list(self._claims.values())
-        self._claims.clear()
-        for claim in claims:
-            if not claim.event_ids:
-                continue
-            try:
-                await self.repository.release(self.consumer, claim.event_ids, claim.token)
-            except errors.DatabaseError:
-                self.logger.warning(
-                    "could not release %d leased inbox rows on stop; they are due again after "
-                    "lock_ttl (%.0fs)",
-                    len(claim.event_ids),
-                    self.settings.lock_ttl,
-                )
+        """Give back the leases of the rows left unsettled (after their loops were stopped)."""
+
+        async def release(claim: _Claim) -> None:
+            await self.repository.release(self.consumer, claim.event_ids, claim.token)
+
+        await runtime.release_leftovers(
+            self._claims,
+            release,
+            lost="could not release %d leased inbox rows on stop; they are due again after "
+            "lock_ttl (%.0fs)",
+            lock_ttl=self.settings.lock_ttl,
+            logger=self.logger,
+        )
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -115,19 +115,19 @@ class PublisherTask(runtime.Supervised):
 
     async def release_claims(self) -> None:
         """Give back the leases of batches left in flight (after their loops were stopped)."""
-        claims = list(self._claims.values())
-        self._claims.clear()
-        for claim in claims:
-            try:
-                await self.repository.release(claim.event_ids, claim.token)
-            except errors.DatabaseError:
-                self.logger.warning(
-                    "could not release %d leased outbox rows on stop; they are due again "
-                    "after lock_ttl (%.0fs)",
-                    len(claim.event_ids),
-                    self.settings.lock_ttl,
-                    extra=self._extra(),
-                )
+
+        async def release(claim: _Claim) -> None:
+            await self.repository.release(claim.event_ids, claim.token)
+
+        await runtime.release_leftovers(
+            self._claims,
+            release,
+            lost="could not release %d leased outbox rows on stop; they are due again "
+            "after lock_ttl (%.0fs)",
+            lock_ttl=self.settings.lock_ttl,
+            logger=self.logger,
+            extra=self._extra(),
+        )
 
     # -- the loop --------------------------------------------------------------------------
 
