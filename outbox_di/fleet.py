@@ -42,17 +42,15 @@ from typing import Any
 
 from opentelemetry.metrics import Meter
 
-from outbox_di import aio, database, errors, observability, schema
 from outbox_di import config as config_module
-from outbox_di.publishing import backoff, base
+from outbox_di import database, errors, observability, runtime, schema
+from outbox_di.publishing import base
 from outbox_di.publishing.task import PublisherTask
 from outbox_di.repository import InboxRepository, OutboxRepository
 from outbox_di.retention import Retention
 
 RESCAN_INTERVAL = 60.0
 """Seconds between two look-ups of the outbox schemas when serving ``"*"``."""
-
-_STATS_INTERVAL = 5.0
 
 PublisherFactory = Callable[[config_module.OutboxConfig], base.Publisher]
 """Makes the publisher of one schema from that schema's configuration."""
@@ -85,7 +83,7 @@ def schema_config(base_config: config_module.OutboxConfig, name: str) -> config_
     return dataclasses.replace(base_config, schema=name, schemas=())
 
 
-class FleetRelay:
+class FleetRelay(runtime.Supervised):
     """Relays the outboxes of several schemas from one process (see the module docstring)."""
 
     def __init__(
@@ -127,12 +125,10 @@ class FleetRelay:
         self._took_fresh = False
         self._queued: set[str] = set()
         self._has_work = asyncio.Event()
-        self._stop_requested = asyncio.Event()
-        self._stopping = False
-        self._workers: list[asyncio.Task[None]] = []
-        self._helpers: list[asyncio.Task[None]] = []
+        self._runtime = runtime.Runtime(
+            "FleetRelay", self.logger, self._rng, wake=self._has_work.set, release=self._close_all
+        )
         self._listener: asyncio.Task[None] | None = None
-        self._started = False
 
     # -- what is served ----------------------------------------------------------------------
 
@@ -220,9 +216,7 @@ class FleetRelay:
     async def start(self) -> None:
         """Look up and check the schemas, start their publishers, then the loops; returns once
         they run. A start that fails closes what it had started."""
-        if self._started:
-            raise errors.OutboxError("this FleetRelay was already started")
-        self._started = True
+        self._runtime.begin()
         try:
             await self._rescan()
         except BaseException:
@@ -231,51 +225,27 @@ class FleetRelay:
         self.logger.info(
             "outbox relay serving %d schema(s): %s", len(self._members), ", ".join(self.schemas)
         )
-        self._listener = asyncio.create_task(self._listen(), name="outbox-fleet-listen")
-        self._helpers.append(asyncio.create_task(self._tick(), name="outbox-fleet-tick"))
+        every = self._runtime.spawn_every
+        self._listener = self._runtime.spawn_helper(self._listen(), "outbox-fleet-listen")
+        every(self.settings.tick_interval, self._tick, "outbox-fleet-tick", at_once=False)
         if self.settings.metrics_enabled:
-            self._helpers.append(asyncio.create_task(self._report(), name="outbox-fleet-stats"))
+            every(runtime.STATS_INTERVAL, self._report, "outbox-fleet-stats", at_once=False)
         if self.all_schemas:
-            self._helpers.append(asyncio.create_task(self._rescans(), name="outbox-fleet-scan"))
-        self._workers = [
-            asyncio.create_task(self._run(number), name=f"outbox-fleet-{number}")
-            for number in range(self.settings.workers)
-        ]
+            every(self.rescan_interval, self._rescan_round, "outbox-fleet-scan", at_once=False)
+        self._runtime.spawn_loops(self.settings.workers, self._run, "outbox-fleet")
         lane = self.settings.workers
-        self._workers.append(
-            asyncio.create_task(self._run(lane, fresh_only=True), name="outbox-fleet-fresh")
-        )
+        self._runtime.spawn_loop(self._run(lane, fresh_only=True), "outbox-fleet-fresh")
 
     async def stop(self, timeout: float | None = None) -> None:
         """Finish the batches in flight within ``timeout`` (``shutdown_timeout``), cancel what
         is left, give its leases back and close every schema's publisher and retention."""
-        deadline = self.settings.shutdown_timeout if timeout is None else timeout
-        self._stopping = True
-        self._stop_requested.set()
-        self._has_work.set()
-        if self._workers:
-            _, pending = await asyncio.wait(self._workers, timeout=deadline)
-            await aio.cancel_and_wait(pending, self.logger)
-        helpers = [*self._helpers, *([self._listener] if self._listener else [])]
-        for helper in helpers:
-            helper.cancel()
-        for helper in helpers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await helper
-        await self._close_all()
+        await self._runtime.stop(timeout, default=self.settings.shutdown_timeout)
 
     async def _close_all(self) -> None:
         members = list(self._members.values())
         self._members.clear()
         for member in members:
             await self._close_member(member)
-
-    async def __aenter__(self) -> FleetRelay:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     # -- the ready queue ---------------------------------------------------------------------
 
@@ -307,7 +277,7 @@ class FleetRelay:
 
     async def _take(self, *, fresh_only: bool = False) -> _Member | None:
         """The next schema to serve; waits while none is ready. None on stop."""
-        while not self._stopping:
+        while not self._runtime.stopping:
             while (name := self._pop(fresh_only=fresh_only)) is not None:
                 member = self._members.get(name)
                 # A schema backing off is queued again when its delay is over.
@@ -321,7 +291,7 @@ class FleetRelay:
     # -- the loops ---------------------------------------------------------------------------
 
     async def _run(self, number: int, *, fresh_only: bool = False) -> None:
-        while not self._stopping:
+        while not self._runtime.stopping:
             member = await self._take(fresh_only=fresh_only)
             if member is None:
                 return
@@ -343,13 +313,8 @@ class FleetRelay:
         member.outages += 1
         self.stats.outages += 1
         member.task.stats.outages += 1
-        delay = backoff.retry_delay(
-            member.outages,
-            initial=min(self.settings.tick_interval, 1.0),
-            maximum=backoff.MAX_OUTAGE_DELAY,
-            multiplier=2.0,
-            jitter=0.2,
-            rng=self._rng,
+        delay = runtime.outage_delay(
+            member.outages, initial=min(self.settings.tick_interval, 1.0), rng=self._rng
         )
         member.resume_at = time.monotonic() + delay
         self.logger.warning(
@@ -365,64 +330,60 @@ class FleetRelay:
 
     async def _tick(self) -> None:
         """The poll: every ``tick_interval`` each schema not backing off is ready once more."""
-        while not await aio.wait_event(self._stop_requested, self.settings.tick_interval):
-            now = time.monotonic()
-            for member in list(self._members.values()):
-                if member.resume_at <= now:
-                    self._ready(member.name)
+        now = time.monotonic()
+        for member in list(self._members.values()):
+            if member.resume_at <= now:
+                self._ready(member.name)
 
-    async def _rescans(self) -> None:
-        while not await aio.wait_event(self._stop_requested, self.rescan_interval):
-            try:
-                changed = await self._rescan()
-            except Exception as exc:
-                self.logger.warning("outbox relay: looking up the outbox schemas failed: %s", exc)
-                continue
-            self.stats.rescans += 1
-            if changed:
-                self.logger.info("outbox relay now serving: %s", ", ".join(self.schemas))
-                self._restart_listener()
+    async def _rescan_round(self) -> None:
+        """One look-up of the outbox schemas (with ``"*"``, every ``rescan_interval``)."""
+        try:
+            changed = await self._rescan()
+        except Exception as exc:
+            self.logger.warning("outbox relay: looking up the outbox schemas failed: %s", exc)
+            return
+        self.stats.rescans += 1
+        if changed:
+            self.logger.info("outbox relay now serving: %s", ", ".join(self.schemas))
+            self._restart_listener()
 
     def _restart_listener(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-        self._listener = asyncio.create_task(self._listen(), name="outbox-fleet-listen")
+        self._listener = self._runtime.replace_helper(
+            self._listener, self._listen(), "outbox-fleet-listen"
+        )
 
     async def _listen(self) -> None:
         """One connection LISTENing on every served schema's channel; a notification makes its
         schema ready."""
-        failures = 0
-        while not self._stopping:
-            channels = {schema.channel_name(name, "outbox"): name for name in self._members}
-            try:
-                async with self.pool.acquire() as conn:
-                    async with conn.cursor() as cursor:
-                        for name in list(self._members):
-                            await cursor.execute(schema.Queries(name)["listen_outbox"].sql)
-                    failures = 0
-                    # Rows committed while nobody listened are found by this round.
-                    for name in channels.values():
-                        self._ready(name)
-                    while not self._stopping:
-                        notification = await conn.notifies.get()
-                        notified = channels.get(notification.channel)
-                        if notified is not None:
-                            self._ready(notified)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # connection lost: the tick covers us meanwhile
-                failures += 1
-                delay = backoff.listen_retry_delay(failures)
-                self.logger.warning(
-                    "outbox relay LISTEN connection lost (%s); retrying in %.1fs", exc, delay
-                )
-                await aio.wait_event(self._stop_requested, delay)
+        channels: dict[str, str] = {}
+
+        def statements() -> list[str]:
+            channels.clear()
+            channels.update({schema.channel_name(name, "outbox"): name for name in self._members})
+            return [schema.Queries(name)["listen_outbox"].sql for name in channels.values()]
+
+        def listening() -> None:
+            # Rows committed while nobody listened are found by this round.
+            for name in channels.values():
+                self._ready(name)
+
+        def notified(notification: Any) -> None:
+            name = channels.get(notification.channel)
+            if name is not None:
+                self._ready(name)
+
+        await self._runtime.listen(
+            lambda: self.pool,
+            statements,
+            listening=listening,
+            notified=notified,
+            lost="outbox relay LISTEN connection lost (%s); retrying in %.1fs",
+        )
 
     async def _report(self) -> None:
         """The backlog gauges of every schema, every 5 s (the schema is their attribute)."""
-        while not await aio.wait_event(self._stop_requested, _STATS_INTERVAL):
-            for member in list(self._members.values()):
-                await member.task.report_backlog_once()
+        for member in list(self._members.values()):
+            await member.task.report_backlog_once()
 
 
 def describe(names: Sequence[str], config: config_module.OutboxConfig) -> str:

@@ -31,10 +31,9 @@ from typing import Any
 
 from opentelemetry.metrics import Meter
 
-from outbox_di import aio, brokers, errors, models, observability
+from outbox_di import brokers, errors, models, observability, runtime
 from outbox_di import config as config_module
 from outbox_di.brokers import ports
-from outbox_di.publishing import backoff
 from outbox_di.repository import InboxRepository
 
 MAX_RECEIVE_MESSAGES = 1000
@@ -144,7 +143,7 @@ class _FlowControl:
             self._changed.notify_all()
 
 
-class InboxReceiver:
+class InboxReceiver(runtime.Supervised):
     """Receives one subscription into the inbox of one consumer (see the module docstring)."""
 
     def __init__(
@@ -178,20 +177,19 @@ class InboxReceiver:
         self.pull_timeout = pull_timeout
         self._rng = rng or random.Random()
         self._flow: _FlowControl | None = None
-        self._stop_requested = asyncio.Event()
-        self._stopping = False
-        self._loops: list[asyncio.Task[None]] = []
         self._pulls: dict[int, asyncio.Task[Any]] = {}
-        self._started = False
+        self._runtime = runtime.Runtime(
+            "InboxReceiver",
+            self.logger,
+            self._rng,
+            wake=self._cancel_pulls,
+            release=self.subscriber.close,
+        )
 
     @property
     def subscription(self) -> str:
         """The subscription as the broker knows it."""
         return self.subscriber.name
-
-    @property
-    def running(self) -> bool:
-        return self._started and any(not task.done() for task in self._loops)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -202,50 +200,35 @@ class InboxReceiver:
         raises :class:`~outbox_di.errors.BrokerUnavailableError` naming the endpoint. A start
         that fails (or is cancelled) leaves no client open.
         """
-        if self._started:
-            raise errors.OutboxError("this InboxReceiver was already started")
-        self._started = True
+        self._runtime.begin()
         await self.subscriber.start()
         self._flow = _FlowControl(self.settings.max_messages, self.settings.max_bytes)
-        self._loops = [
-            asyncio.create_task(self._run(number), name=f"inbox-receiver-{number}")
-            for number in range(self.pullers)
-        ]
+        self._runtime.spawn_loops(self.pullers, self._run, "inbox-receiver")
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop pulling; batches being recorded finish (and are acked) within ``timeout``."""
-        self._stopping = True
-        self._stop_requested.set()
+        await self._runtime.stop(timeout)
+
+    def _cancel_pulls(self) -> None:
+        """End the pulls waiting on the broker: a stop does not wait for ``pull_timeout``."""
         for pull in list(self._pulls.values()):
             pull.cancel()
-        if self._loops:
-            _, pending = await asyncio.wait(self._loops, timeout=timeout)
-            await aio.cancel_and_wait(pending, self.logger)
-        await self.subscriber.close()
-
-    async def __aenter__(self) -> InboxReceiver:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     # -- the loop --------------------------------------------------------------------------
 
     async def _run(self, number: int) -> None:
-        outages = 0
-        while not self._stopping:
-            try:
-                recorded = await self.receive_once(number)
-            except Exception as exc:  # an outage, or a bug of ours: receiving goes on
-                outages += 1
-                self.stats.outages += 1
-                delay = self._outage_delay(outages)
-                self._log_outage(number, exc, delay)
-                await self._sleep(delay)
-                continue
-            if recorded is not None:
-                outages = 0
+        def outage(exc: Exception, delay: float) -> None:
+            self.stats.outages += 1
+            self._log_outage(number, exc, delay)
+
+        # An empty pull says nothing of the broker's health: only a recorded batch ends a run
+        # of outages.
+        await self._runtime.loop(
+            lambda: self.receive_once(number),
+            outage=outage,
+            initial=0.5,
+            healthy=lambda recorded: recorded is not None,
+        )
 
     def _log_outage(self, number: int, exc: Exception, delay: float) -> None:
         if isinstance(exc, errors.DatabaseError):
@@ -271,27 +254,13 @@ class InboxReceiver:
                 exc_info=exc,
             )
 
-    def _outage_delay(self, outages: int) -> float:
-        return backoff.retry_delay(
-            outages,
-            initial=0.5,
-            maximum=backoff.MAX_OUTAGE_DELAY,
-            multiplier=2.0,
-            jitter=0.2,
-            rng=self._rng,
-        )
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but not past stop()."""
-        await aio.wait_event(self._stop_requested, seconds)
-
     async def _pull(self, number: int, max_messages: int) -> Sequence[ports.Delivery]:
         pull = asyncio.ensure_future(self.subscriber.receive(max_messages, self.pull_timeout))
         self._pulls[number] = pull
         try:
             return await pull
         except asyncio.CancelledError:
-            if self._stopping:
+            if self._runtime.stopping:
                 return []
             raise
         finally:
@@ -307,7 +276,7 @@ class InboxReceiver:
         assert self._flow is not None, "start() first"
         flow = self._flow
         room = await flow.room()
-        if self._stopping:
+        if self._runtime.stopping:
             return None
         received = await self._pull(number, room)
         if not received:

@@ -46,7 +46,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import Meter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from outbox_di import aio, errors, models, observability
+from outbox_di import aio, errors, models, observability, runtime
 from outbox_di import config as config_module
 from outbox_di.inbox import handlers as handlers_module
 from outbox_di.publishing import backoff
@@ -55,7 +55,6 @@ from outbox_di.repository import InboxRepository
 Handler = handlers_module.Handler
 DEFAULT_HANDLER = handlers_module.DEFAULT_HANDLER
 _MAX_RETRY_DELAY = 300.0
-_STATS_INTERVAL = 5.0
 _PURGE_PAUSE = 0.01  # between two purge batches: let claims and inserts in
 _PROPAGATOR = TraceContextTextMapPropagator()
 _NO_SPAN = contextlib.nullcontext()
@@ -122,7 +121,7 @@ class InboxWorkerStats:
     purged: int = 0
 
 
-class InboxWorker:
+class InboxWorker(runtime.Supervised):
     """Runs handlers on the inbox of one consumer (see the module docstring)."""
 
     def __init__(
@@ -174,119 +173,91 @@ class InboxWorker:
         self.purge_batch_size = purge_batch_size
         self._rng = rng or random.Random()
         self._lock_ttl = dt.timedelta(seconds=self.settings.lock_ttl)
+        # Every idle loop waits on this event; a wake sets it and puts a fresh one in its place.
         self._wake = asyncio.Event()
-        self._stop_requested = asyncio.Event()
-        self._stopping = False
-        self._workers: list[asyncio.Task[None]] = []
-        self._helpers: list[asyncio.Task[None]] = []
         self._claims: dict[int, _Claim] = {}
+        self._runtime = runtime.Runtime(
+            "InboxWorker",
+            self.logger,
+            self._rng,
+            wake=self._notify,
+            release=self._release_leftovers,
+        )
         # When the retries this worker scheduled come due (time.monotonic()), earliest first.
         self._retries_due: list[float] = []
-        self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self._started and any(not task.done() for task in self._workers)
-
     async def start(self) -> None:
         """Start the loops (and the NOTIFY listener); returns at once."""
-        if self._started:
-            raise errors.OutboxError("this InboxWorker was already started")
-        self._started = True
-        self._helpers.append(asyncio.create_task(self._listen(), name="inbox-listen"))
+        self._runtime.begin()
+        self._runtime.spawn_helper(self._listen(), "inbox-listen")
         if self.purge_interval is not None:
-            self._helpers.append(asyncio.create_task(self._purge_loop(), name="inbox-purge"))
+            self._runtime.spawn_every(self.purge_interval, self._purge_step, "inbox-purge")
         if self.metrics.enabled:
-            self._helpers.append(asyncio.create_task(self._report_backlog(), name="inbox-stats"))
-        self._workers = [
-            asyncio.create_task(self._run(number), name=f"inbox-worker-{number}")
-            for number in range(self.settings.workers)
-        ]
+            self._runtime.spawn_every(
+                runtime.STATS_INTERVAL, self._report_backlog_once, "inbox-stats"
+            )
+        self._runtime.spawn_loops(self.settings.workers, self._run, "inbox-worker")
 
     async def stop(self, timeout: float | None = None) -> None:
         """Drain: finish in-flight batches within ``timeout`` (``shutdown_timeout``), then
         cancel what is left and release its leases."""
-        deadline = self.shutdown_timeout if timeout is None else timeout
-        self._stopping = True
-        self._stop_requested.set()
-        self._notify()
-        if self._workers:
-            _, pending = await asyncio.wait(self._workers, timeout=deadline)
-            await aio.cancel_and_wait(pending, self.logger)
-        for task in self._helpers:
-            task.cancel()
-        for task in self._helpers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._release_leftovers()
-
-    async def __aenter__(self) -> InboxWorker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        await self._runtime.stop(timeout, default=self.shutdown_timeout)
 
     async def _release_leftovers(self) -> None:
-        claims = list(self._claims.values())
-        self._claims.clear()
-        for claim in claims:
-            if not claim.event_ids:
-                continue
-            try:
-                await self.repository.release(self.consumer, claim.event_ids, claim.token)
-            except errors.DatabaseError:
-                self.logger.warning(
-                    "could not release %d leased inbox rows on stop; they are due again after "
-                    "lock_ttl (%.0fs)",
-                    len(claim.event_ids),
-                    self.settings.lock_ttl,
-                )
+        """Give back the leases of the rows left unsettled (after their loops were stopped)."""
+
+        async def release(claim: _Claim) -> None:
+            await self.repository.release(self.consumer, claim.event_ids, claim.token)
+
+        await runtime.release_leftovers(
+            self._claims,
+            release,
+            lost="could not release %d leased inbox rows on stop; they are due again after "
+            "lock_ttl (%.0fs)",
+            lock_ttl=self.settings.lock_ttl,
+            logger=self.logger,
+        )
 
     # -- the loop --------------------------------------------------------------------------
 
     async def _run(self, number: int) -> None:
-        outages = 0
-        while not self._stopping:
+        async def step() -> tuple[int, asyncio.Event]:
+            # The event of this round: a NOTIFY during the batch makes the idle wait end at once.
             wake = self._wake
-            try:
-                claimed = await self.run_once(number)
-            except Exception as exc:  # the loop must outlive an outage, or a bug of ours
-                outages += 1
-                self.stats.outages += 1
-                delay = backoff.retry_delay(
-                    outages,
-                    initial=min(self.poll_interval, 1.0),
-                    maximum=backoff.MAX_OUTAGE_DELAY,
-                    multiplier=2.0,
-                    jitter=0.2,
-                    rng=self._rng,
-                )
-                if isinstance(exc, errors.DatabaseError):
-                    self.logger.warning(
-                        "inbox worker %d: database unavailable (%s); retrying in %.1fs",
-                        number,
-                        exc,
-                        delay,
-                    )
-                else:
-                    self.logger.error(
-                        "inbox worker %d: unexpected error; its claim is due again after "
-                        "lock_ttl; retrying in %.1fs",
-                        number,
-                        delay,
-                        exc_info=exc,
-                    )
-                await self._sleep(delay)
-                continue
-            outages = 0
+            return await self.run_once(number), wake
+
+        async def after(result: tuple[int, asyncio.Event]) -> None:
+            claimed, wake = result
             if claimed < self.settings.batch_size:
                 await self._idle(wake)
 
+        def outage(exc: Exception, delay: float) -> None:
+            self.stats.outages += 1
+            if isinstance(exc, errors.DatabaseError):
+                self.logger.warning(
+                    "inbox worker %d: database unavailable (%s); retrying in %.1fs",
+                    number,
+                    exc,
+                    delay,
+                )
+            else:
+                self.logger.error(
+                    "inbox worker %d: unexpected error; its claim is due again after "
+                    "lock_ttl; retrying in %.1fs",
+                    number,
+                    delay,
+                    exc_info=exc,
+                )
+
+        await self._runtime.loop(
+            step, outage=outage, initial=min(self.poll_interval, 1.0), after=after
+        )
+
     async def _idle(self, wake: asyncio.Event) -> None:
-        if self._stopping:
+        """Wait for ``wake``, ``poll_interval``, or the first retry this worker scheduled."""
+        if self._runtime.stopping:
             return
         timeout = self.poll_interval
         now = time.monotonic()
@@ -295,10 +266,6 @@ class InboxWorker:
         if self._retries_due:
             timeout = min(timeout, self._retries_due[0] - now + 0.001)
         await aio.wait_event(wake, timeout)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but not past stop()."""
-        await aio.wait_event(self._stop_requested, seconds)
 
     def _notify(self) -> None:
         """Wake every idle loop; the next waiters get a fresh event."""
@@ -640,28 +607,13 @@ class InboxWorker:
     async def _listen(self) -> None:
         """Hold a LISTEN connection; every notification wakes the idle loops."""
         sql = self.repository.queries["listen_inbox"].sql
-        failures = 0
-        while not self._stopping:
-            try:
-                pool: Any = self.repository.pool
-                async with pool.acquire() as conn:
-                    async with conn.cursor() as cursor:
-                        await cursor.execute(sql)
-                    failures = 0
-                    # Rows committed while we were not listening are found by this wake-up.
-                    self._notify()
-                    while not self._stopping:
-                        await conn.notifies.get()
-                        self._notify()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # connection lost: the poll covers us meanwhile
-                failures += 1
-                delay = backoff.listen_retry_delay(failures)
-                self.logger.warning(
-                    "inbox LISTEN connection lost (%s); retrying in %.1fs", exc, delay
-                )
-                await self._sleep(delay)
+        await self._runtime.listen(
+            lambda: self.repository.pool,
+            lambda: [sql],
+            listening=self._notify,
+            notified=lambda _: self._notify(),
+            lost="inbox LISTEN connection lost (%s); retrying in %.1fs",
+        )
 
     async def pending_stats(self) -> tuple[int, dt.datetime | None]:
         """Pending rows of this consumer and the oldest one's ``created_at``."""
@@ -678,35 +630,29 @@ class InboxWorker:
             )
             total += deleted
             self.stats.purged += deleted
-            if deleted < self.purge_batch_size or self._stopping:
+            if deleted < self.purge_batch_size or self._runtime.stopping:
                 return total
             await asyncio.sleep(_PURGE_PAUSE)
 
-    async def _purge_loop(self) -> None:
-        while not self._stopping:
-            try:
-                purged = await self.purge_once()
-            except errors.DatabaseError as exc:
-                self.logger.warning("inbox purge failed (%s); trying again later", exc)
-            else:
-                if purged:
-                    self.logger.info(
-                        "inbox purge: %d rows of consumer %s processed more than %gs ago deleted",
-                        purged,
-                        self.consumer,
-                        self.settings.retention,
-                    )
-            assert self.purge_interval is not None
-            await self._sleep(self.purge_interval)
+    async def _purge_step(self) -> None:
+        """One round of the purge helper: a failed purge is tried again at the next round."""
+        try:
+            purged = await self.purge_once()
+        except errors.DatabaseError as exc:
+            self.logger.warning("inbox purge failed (%s); trying again later", exc)
+            return
+        if purged:
+            self.logger.info(
+                "inbox purge: %d rows of consumer %s processed more than %gs ago deleted",
+                purged,
+                self.consumer,
+                self.settings.retention,
+            )
 
-    async def _report_backlog(self) -> None:
-        while not self._stopping:
-            try:
-                pending, oldest = await self.pending_stats()
-                age_ms = 0.0
-                if oldest is not None:
-                    age_ms = max(0.0, (models.utcnow() - oldest).total_seconds() * 1000.0)
-                self.metrics.set_backlog(pending, age_ms)
-            except errors.DatabaseError as exc:
-                self.logger.debug("inbox backlog gauge not updated: %s", exc)
-            await self._sleep(_STATS_INTERVAL)
+    async def _report_backlog_once(self) -> None:
+        """Set the pending and oldest-age gauges from one read (a failed read is skipped)."""
+
+        def failed(exc: errors.DatabaseError) -> None:
+            self.logger.debug("inbox backlog gauge not updated: %s", exc)
+
+        await runtime.report_backlog(self.pending_stats, self.metrics.set_backlog, failed)

@@ -19,8 +19,6 @@ for a lease to expire.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -33,12 +31,10 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.metrics import Meter
 
-from outbox_di import aio, errors, models, observability
+from outbox_di import aio, errors, models, observability, runtime
 from outbox_di import config as config_module
 from outbox_di.publishing import backoff, base
 from outbox_di.repository import OutboxRepository
-
-_STATS_INTERVAL = 5.0
 
 
 @dataclasses.dataclass
@@ -59,7 +55,7 @@ class PublisherStats:
     outages: int = 0
 
 
-class PublisherTask:
+class PublisherTask(runtime.Supervised):
     """Relays the outbox of one schema to a publisher (the seed's ``NewTask``)."""
 
     def __init__(
@@ -88,151 +84,90 @@ class PublisherTask:
         )
         self._rng = rng or random.Random()
         self._lock_ttl = dt.timedelta(seconds=self.settings.lock_ttl)
-        # Idle workers, each waiting on its own event: a NOTIFY wakes one of them, not all
-        # (waking every worker for one row made them all claim, and all but one found nothing).
-        self._wakes: dict[int, asyncio.Event] = {}
-        self._idle_workers: collections.deque[int] = collections.deque()
-        self._missed_wake = False
-        self._stop_requested = asyncio.Event()
-        self._stopping = False
-        self._workers: list[asyncio.Task[None]] = []
-        self._helpers: list[asyncio.Task[None]] = []
+        self._wakes = runtime.Wakes()
         self._claims: dict[int, _Claim] = {}
-        self._started = False
+        self._runtime = runtime.Runtime(
+            "PublisherTask",
+            self.logger,
+            self._rng,
+            wake=self._wakes.wake_all,
+            release=self.release_claims,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self._started and any(not task.done() for task in self._workers)
-
     async def start(self) -> None:
         """Start the loops (and the NOTIFY listener); returns at once."""
-        if self._started:
-            raise errors.OutboxError("this PublisherTask was already started")
-        self._started = True
+        self._runtime.begin()
         await self.publisher.start()
         if self.settings.notify:
-            self._helpers.append(asyncio.create_task(self._listen(), name="outbox-listen"))
+            self._runtime.spawn_helper(self._listen(), "outbox-listen")
         if self.metrics.enabled:
-            self._helpers.append(asyncio.create_task(self._report_backlog(), name="outbox-stats"))
-        self._workers = [
-            asyncio.create_task(self._run(number), name=f"outbox-publisher-{number}")
-            for number in range(self.settings.workers)
-        ]
+            self._runtime.spawn_every(
+                runtime.STATS_INTERVAL, self.report_backlog_once, "outbox-stats"
+            )
+        self._runtime.spawn_loops(self.settings.workers, self._run, "outbox-publisher")
 
     async def stop(self, timeout: float | None = None) -> None:
         """Drain: finish in-flight batches within ``timeout`` (``shutdown_timeout``), then
         cancel what is left and release its leases."""
-        deadline = self.settings.shutdown_timeout if timeout is None else timeout
-        self._stopping = True
-        self._stop_requested.set()
-        self._notify()
-        if self._workers:
-            _, pending = await asyncio.wait(self._workers, timeout=deadline)
-            await aio.cancel_and_wait(pending, self.logger)
-        for task in self._helpers:
-            task.cancel()
-        for task in self._helpers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.release_claims()
-
-    async def __aenter__(self) -> PublisherTask:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
+        await self._runtime.stop(timeout, default=self.settings.shutdown_timeout)
 
     async def release_claims(self) -> None:
         """Give back the leases of batches left in flight (after their loops were stopped)."""
-        claims = list(self._claims.values())
-        self._claims.clear()
-        for claim in claims:
-            try:
-                await self.repository.release(claim.event_ids, claim.token)
-            except errors.DatabaseError:
-                self.logger.warning(
-                    "could not release %d leased outbox rows on stop; they are due again "
-                    "after lock_ttl (%.0fs)",
-                    len(claim.event_ids),
-                    self.settings.lock_ttl,
-                    extra=self._extra(),
-                )
+
+        async def release(claim: _Claim) -> None:
+            await self.repository.release(claim.event_ids, claim.token)
+
+        await runtime.release_leftovers(
+            self._claims,
+            release,
+            lost="could not release %d leased outbox rows on stop; they are due again "
+            "after lock_ttl (%.0fs)",
+            lock_ttl=self.settings.lock_ttl,
+            logger=self.logger,
+            extra=self._extra(),
+        )
 
     # -- the loop --------------------------------------------------------------------------
 
     async def _run(self, number: int) -> None:
-        outages = 0
-        self._wakes[number] = asyncio.Event()
-        while not self._stopping:
-            try:
-                claimed = await self.run_once(number)
-            except Exception as exc:  # a database outage, or a bug: never let the loop die
-                outages += 1
-                self.stats.outages += 1
-                delay = backoff.retry_delay(
-                    outages,
-                    initial=min(self.settings.tick_interval, 1.0),
-                    maximum=backoff.MAX_OUTAGE_DELAY,
-                    multiplier=2.0,
-                    jitter=0.2,
-                    rng=self._rng,
-                )
-                self.logger.warning(
-                    "outbox publisher %d of schema %s: %s (%s); retrying in %.1fs",
-                    number,
-                    self.config.schema,
-                    "database unavailable"
-                    if isinstance(exc, errors.DatabaseError)
-                    else "unexpected error",
-                    exc,
-                    delay,
-                    exc_info=not isinstance(exc, errors.DatabaseError),
-                    extra=self._extra(),
-                )
-                await self._sleep(delay)
-                continue
-            outages = 0
+        self._wakes.add(number)
+
+        async def after(claimed: int) -> None:
             if claimed < self.settings.batch_size:
                 await self._idle(number)
             else:
                 # A full batch: more rows may be due, so an idle peer claims too.
-                self._wake_one(remember=False)
+                self._wakes.wake_one(remember=False)
+
+        def outage(exc: Exception, delay: float) -> None:
+            self.stats.outages += 1
+            self.logger.warning(
+                "outbox publisher %d of schema %s: %s (%s); retrying in %.1fs",
+                number,
+                self.config.schema,
+                "database unavailable"
+                if isinstance(exc, errors.DatabaseError)
+                else "unexpected error",
+                exc,
+                delay,
+                exc_info=not isinstance(exc, errors.DatabaseError),
+                extra=self._extra(),
+            )
+
+        await self._runtime.loop(
+            lambda: self.run_once(number),
+            outage=outage,
+            initial=min(self.settings.tick_interval, 1.0),
+            after=after,
+        )
 
     async def _idle(self, number: int) -> None:
         """Wait for a wake-up or ``tick_interval``; at once if one came while all were busy."""
-        if self._stopping:
+        if self._runtime.stopping:
             return
-        if self._missed_wake:
-            self._missed_wake = False
-            return
-        wake = self._wakes[number]
-        wake.clear()
-        self._idle_workers.append(number)
-        try:
-            await aio.wait_event(wake, self.settings.tick_interval)
-        finally:
-            with contextlib.suppress(ValueError):
-                self._idle_workers.remove(number)
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but not past stop()."""
-        await aio.wait_event(self._stop_requested, seconds)
-
-    def _notify(self) -> None:
-        """Wake every idle loop (on stop)."""
-        for wake in self._wakes.values():
-            wake.set()
-
-    def _wake_one(self, *, remember: bool = True) -> None:
-        """Wake the longest-idle loop; with none idle, and ``remember``, the next loop to go
-        idle claims again at once instead (rows were committed while every loop was busy)."""
-        if self._idle_workers:
-            self._wakes[self._idle_workers.popleft()].set()
-        elif remember:
-            self._missed_wake = True
+        await self._wakes.idle(number, self.settings.tick_interval)
 
     async def run_once(
         self, number: int = 0, on_claimed: Callable[[int], None] | None = None
@@ -501,49 +436,25 @@ class PublisherTask:
         return observability.log_extra(schema=self.config.schema, **fields)
 
     async def _listen(self) -> None:
-        """Hold a LISTEN connection; every notification wakes the idle loops."""
+        """Hold a LISTEN connection; every notification wakes an idle loop."""
         sql = self.repository.queries["listen_outbox"].sql
-        failures = 0
-        while not self._stopping:
-            try:
-                pool: Any = self.repository.pool
-                async with pool.acquire() as conn:
-                    async with conn.cursor() as cursor:
-                        await cursor.execute(sql)
-                    failures = 0
-                    # Rows committed while we were not listening are found by this wake-up.
-                    self._wake_one()
-                    while not self._stopping:
-                        await conn.notifies.get()
-                        self._wake_one()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # connection lost: the poll covers us meanwhile
-                failures += 1
-                delay = backoff.listen_retry_delay(failures)
-                self.logger.warning(
-                    "outbox LISTEN connection lost (%s); retrying in %.1fs",
-                    exc,
-                    delay,
-                    extra=self._extra(),
-                )
-                await self._sleep(delay)
-
-    async def _report_backlog(self) -> None:
-        while not self._stopping:
-            await self.report_backlog_once()
-            await self._sleep(_STATS_INTERVAL)
+        await self._runtime.listen(
+            lambda: self.repository.pool,
+            lambda: [sql],
+            listening=self._wakes.wake_one,
+            notified=lambda _: self._wakes.wake_one(),
+            lost="outbox LISTEN connection lost (%s); retrying in %.1fs",
+            extra=self._extra(),
+        )
 
     async def report_backlog_once(self) -> None:
         """Set the pending and oldest-age gauges from one read (a failed read is skipped)."""
-        try:
-            pending, oldest = await self.repository.pending_stats()
-        except errors.DatabaseError as exc:
+
+        def failed(exc: errors.DatabaseError) -> None:
             self.logger.debug(
                 "outbox backlog gauge of schema %s not updated: %s", self.config.schema, exc
             )
-            return
-        age_ms = 0.0
-        if oldest is not None:
-            age_ms = max(0.0, (models.utcnow() - oldest).total_seconds() * 1000.0)
-        self.metrics.set_backlog(pending, age_ms)
+
+        await runtime.report_backlog(
+            self.repository.pending_stats, self.metrics.set_backlog, failed
+        )
