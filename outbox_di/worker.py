@@ -9,6 +9,7 @@ import gc
 import inspect
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 
 from dependency_injector import providers
@@ -106,7 +107,14 @@ def load_handlers(
 def _find_handlers(
     reference: str,
 ) -> handlers_module.InboxHandlers | Callable[[containers.OutboxContainer], object]:
-    """The handlers, or the factory that makes them (import errors name the flag)."""
+    """The handlers, or the factory that makes them (import errors name the flag).
+
+    The module is looked for in the current directory first, as ``python -m`` and uvicorn do:
+    ``outbox-di worker --handlers billing:handlers`` run beside ``billing.py`` finds it without
+    a ``PYTHONPATH``."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
     try:
         found = handlers_module._import(reference)
         if isinstance(found, (handlers_module.InboxHandlers, Mapping)) or not callable(found):

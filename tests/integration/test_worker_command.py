@@ -217,6 +217,29 @@ def test_worker_with_unknown_handlers_module_names_the_flag(tmp_path: Path) -> N
     assert "--handlers: cannot import 'no_such_module'" in result.stderr
 
 
+def test_the_worker_command_finds_a_handlers_module_in_the_current_directory(
+    tmp_path: Path,
+) -> None:
+    """The ``outbox-di`` console script (not ``python -m``) imports ``--handlers`` from where
+    it runs, with no PYTHONPATH: the module is found, and its missing attribute is what the
+    error names."""
+    (tmp_path / "settings.toml").write_text('[outbox]\nschema = "ok"\ndsn = "postgresql://x/y"\n')
+    (tmp_path / "billing_handlers.py").write_text("handlers = None\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    env.pop("PYTHONPATH", None)
+    script = Path(sys.executable).parent / "outbox-di"
+    result = subprocess.run(
+        [str(script), "worker", "--handlers", "billing_handlers:handlerz"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "module 'billing_handlers' has no attribute 'handlerz'" in result.stderr
+
+
 def test_worker_with_a_missing_topic_exits_cleanly_naming_it(
     outbox_schema: str, outbox_dsn: str, pubsub_inprocess_emulator: EmulatorEndpoint, tmp_path: Path
 ) -> None:
