@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import re
 import signal
@@ -470,3 +471,61 @@ def test_schemas_setting_and_flags_are_checked(tmp_path: Path) -> None:
             lambda member: None,  # type: ignore[arg-type,return-value]
         )
     assert "inbox.enabled" in str(caught.value)
+
+
+async def test_one_worker_relays_several_schemas_through_redis(outbox_dsn: str) -> None:
+    """The fleet on a broker other than Pub/Sub: each schema's publisher has its own
+    connection, each schema's events reach the stream its ``{schema}`` names, each once."""
+    from outbox_di import worker
+    from outbox_di.testing import brokers as brokers_testing
+
+    probe = config.OutboxConfig.from_mapping(
+        {"schema": "probe", "dsn": outbox_dsn, "broker": "redis", "publisher": {"topic": "p"}}
+    )
+    reason = brokers_testing.unavailable(probe)
+    if reason:
+        pytest.skip(f"redis: {reason}")
+    import redis.asyncio as aioredis
+
+    prefix = f"fleet-test:{uuid.uuid4().hex[:8]}"
+    client = aioredis.Redis.from_url(probe.redis.url)
+    with _schemas(outbox_dsn, 2) as names:
+        settings = config.OutboxConfig.from_mapping(
+            {
+                "schemas": names,
+                "dsn": outbox_dsn,
+                "broker": "redis",
+                "publisher": {"topic": prefix + ":{schema}", "tick_interval": "200ms"},
+            }
+        )
+        stop = asyncio.Event()
+        serving = asyncio.ensure_future(worker.serve_fleet(settings, stop))
+        try:
+            async with database.open_pool(outbox_dsn, min_size=1, max_size=2) as pool:
+                sent = {name: await _enqueue(pool, name, 50) for name in names}
+
+                async def relayed() -> dict[str, list[str]]:
+                    found: dict[str, list[str]] = {}
+                    for name in names:
+                        entries: Any = await client.xrange(f"{prefix}:{name}")
+                        found[name] = [
+                            json.loads(fields[b"attributes"])["event_id"] for _, fields in entries
+                        ]
+                    return found
+
+                deadline = time.monotonic() + 30
+                got = await relayed()
+                while any(len(got[n]) < len(sent[n]) for n in names):
+                    assert time.monotonic() < deadline, {n: len(got[n]) for n in names}
+                    assert not serving.done(), serving
+                    await asyncio.sleep(0.1)
+                    got = await relayed()
+                assert await _pending(pool, names) == 0
+        finally:
+            stop.set()
+            await asyncio.wait_for(serving, 30)
+            for name in names:
+                await client.delete(f"{prefix}:{name}")
+            await client.aclose()
+    for name in names:
+        assert sorted(got[name]) == sorted(sent[name])  # each event once, in its own stream
