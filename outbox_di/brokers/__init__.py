@@ -22,6 +22,7 @@ __all__ = [
     "Subscriber",
     "make_publisher",
     "make_subscriber",
+    "subscription_of",
 ]
 
 # broker -> (module, publisher class, subscriber class, the extra that installs its client)
@@ -69,3 +70,11 @@ def make_subscriber(settings: config_module.OutboxConfig) -> Subscriber:
     """The subscriber of ``settings.broker`` for ``inbox.subscription``, not started."""
     subscriber: Subscriber = _adapter(settings, 1)(settings)
     return subscriber
+
+
+def subscription_of(settings: config_module.OutboxConfig) -> str:
+    """``inbox.subscription``; a clear error when it is not set (nothing to receive from)."""
+    subscription = settings.inbox.subscription
+    if not subscription:
+        raise errors.ConfigError(["inbox.subscription: required to receive messages"])
+    return subscription

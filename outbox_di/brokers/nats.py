@@ -40,8 +40,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from outbox_di import brokers, errors, models, observability
 from outbox_di import config as config_module
-from outbox_di import errors, models, observability
 from outbox_di.brokers import routing, startup
 from outbox_di.brokers.ports import Delivery, PublishOutcome, event_attributes, received_message
 
@@ -420,9 +420,7 @@ class NatsSubscriber:
     def __init__(
         self, settings: config_module.OutboxConfig, logger: logging.Logger | None = None
     ) -> None:
-        subscription = settings.inbox.subscription
-        if not subscription:
-            raise errors.ConfigError(["inbox.subscription: required to receive messages"])
+        subscription = brokers.subscription_of(settings)
         self.settings = settings
         self.subscription = subscription
         self.stream, _, self.durable = subscription.partition("/")

@@ -41,8 +41,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, Abstrac
 from pamqp import commands as spec
 from pamqp.common import FieldTable
 
+from outbox_di import brokers, errors, models, observability, redaction
 from outbox_di import config as config_module
-from outbox_di import errors, models, observability, redaction
 from outbox_di.brokers import routing, startup
 from outbox_di.brokers.ports import Delivery, PublishOutcome, event_attributes, received_message
 
@@ -526,10 +526,8 @@ class RabbitMQSubscriber:
     """The inbox's subscriber on a RabbitMQ queue (see the module docstring)."""
 
     def __init__(self, settings: config_module.OutboxConfig) -> None:
-        if not settings.inbox.subscription:
-            raise errors.ConfigError(["inbox.subscription: required to receive messages"])
         self.settings = settings
-        self.queue_name = settings.inbox.subscription
+        self.queue_name = brokers.subscription_of(settings)
         self.prefetch = min(settings.inbox.max_messages, MAX_PREFETCH)
         self.logger = observability.logger
         self._connection: AbstractRobustConnection | None = None

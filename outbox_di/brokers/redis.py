@@ -40,8 +40,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exceptions
 
+from outbox_di import brokers, errors, models, observability, redaction
 from outbox_di import config as config_module
-from outbox_di import errors, models, observability, redaction
 from outbox_di.brokers import routing, startup
 from outbox_di.brokers.ports import Delivery, PublishOutcome, event_attributes, received_message
 
@@ -447,9 +447,7 @@ class RedisSubscriber:
         client: aioredis.Redis | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        subscription = settings.inbox.subscription
-        if not subscription:
-            raise errors.ConfigError(["inbox.subscription: required to receive messages"])
+        subscription = brokers.subscription_of(settings)
         self.settings = settings
         self.subscription = subscription
         self.stream, self.group = split_subscription(subscription)

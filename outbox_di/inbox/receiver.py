@@ -159,8 +159,7 @@ class InboxReceiver(runtime.Supervised):
         rng: random.Random | None = None,
     ) -> None:
         settings = config.inbox
-        if not settings.subscription:
-            raise errors.ConfigError(["inbox.subscription: required to receive messages"])
+        brokers.subscription_of(config)
         if pullers < 1:
             raise ValueError("pullers must be at least 1")
         self.config = config

@@ -11,7 +11,6 @@ channel's own consumer, whose ``ack_wait`` (5 s) is longer than they wait.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import socket
 import time
@@ -27,6 +26,7 @@ from outbox_di import config, errors, models
 from outbox_di.brokers import make_publisher, make_subscriber, startup
 from outbox_di.brokers.nats import NatsPublisher, NatsSubscriber
 from outbox_di.brokers.ports import Delivery, event_attributes
+from outbox_di.testing import brokers as brokers_testing
 from outbox_di.testing.brokers import Probed
 from outbox_di.testing.brokers import nats as nats_testing
 
@@ -69,24 +69,12 @@ def _event(
     aggregate_id: str = "1",
     headers: dict[str, str] | None = None,
 ) -> models.OutboxEvent:
-    now = dt.datetime.now(dt.timezone.utc)
-    return models.OutboxEvent(
-        event_id=uuid.uuid4(),
-        seq=1,
+    return brokers_testing.outbox_event(
+        payload,
+        event_type=event_type,
         aggregate_type=aggregate_type,
         aggregate_id=aggregate_id,
-        event_type=event_type,
-        payload=payload,
-        headers=headers or {},
-        ordering_key=None,
-        status=models.OutboxStatus.PENDING,
-        created_at=now,
-        available_at=now,
-        published_at=None,
-        delivery_attempts=0,
-        last_error=None,
-        lock_token=None,
-        locked_at=None,
+        headers=headers,
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import socket
 import time
@@ -85,24 +84,13 @@ def event(
     payload: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> models.OutboxEvent:
-    now = dt.datetime.now(dt.timezone.utc)
-    return models.OutboxEvent(
-        event_id=uuid.uuid4(),
-        seq=index,
+    return brokers_testing.outbox_event(
+        payload if payload is not None else b'{"n": %d}' % index,
+        event_type=event_type,
         aggregate_type=aggregate_type,
         aggregate_id=f"agg-{index}",
-        event_type=event_type,
-        payload=payload if payload is not None else b'{"n": %d}' % index,
-        headers=headers if headers is not None else {},
-        ordering_key=None,
-        status=models.OutboxStatus.PENDING,
-        created_at=now,
-        available_at=now,
-        published_at=None,
-        delivery_attempts=0,
-        last_error=None,
-        lock_token=None,
-        locked_at=None,
+        headers=headers,
+        seq=index,
     )
 
 

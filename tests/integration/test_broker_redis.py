@@ -14,7 +14,6 @@ import os
 import secrets
 import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from outbox_di import config, errors, models
 from outbox_di.brokers import Delivery, make_publisher, make_subscriber
 from outbox_di.brokers.ports import event_attributes
 from outbox_di.brokers.redis import RedisPublisher, RedisSubscriber
+from outbox_di.testing import brokers as brokers_testing
 from outbox_di.testing.brokers import Probed
 from outbox_di.testing.brokers import redis as redis_testing
 
@@ -66,22 +66,12 @@ def _event(
     aggregate_type: str = "Order",
     headers: dict[str, str] | None = None,
 ) -> models.OutboxEvent:
-    now = models.utcnow()
-    return models.claimed_event(
-        uuid.uuid4(),
-        1,
-        aggregate_type,
-        f"order-{secrets.token_hex(3)}",
-        event_type,
+    return brokers_testing.outbox_event(
         payload,
-        headers or {},
-        None,
-        now,
-        now,
-        0,
-        None,
-        uuid.uuid4(),
-        now,
+        event_type=event_type,
+        aggregate_type=aggregate_type,
+        aggregate_id=f"order-{secrets.token_hex(3)}",
+        headers=headers,
     )
 
 

@@ -22,8 +22,8 @@ from google.pubsub_v1.types import (
     PullResponse,
 )
 
+from outbox_di import brokers, errors, models, observability
 from outbox_di import config as config_module
-from outbox_di import errors, models, observability
 from outbox_di.brokers import ports
 from outbox_di.brokers.pubsub import connection, names
 
@@ -55,11 +55,9 @@ class PubSubSubscriber:
         client: Any = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        if not settings.inbox.subscription:
-            raise errors.ConfigError(["inbox.subscription: required to receive messages"])
         self.settings = settings
         self.subscription = names.resolve_subscription(
-            settings.inbox.subscription, names.project(settings)
+            brokers.subscription_of(settings), names.project(settings)
         )
         self.logger = logger or observability.logger
         self._client = client

@@ -15,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import types
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from outbox_di import config as config_module
+from outbox_di import models
 
-__all__ = ["Channel", "Probed", "temporary_channel", "unavailable"]
+__all__ = ["Channel", "Probed", "outbox_event", "temporary_channel", "unavailable"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,3 +85,33 @@ def unavailable(settings: config_module.OutboxConfig) -> str | None:
         return f"the {settings.broker} client is not installed ({exc})"
     reason: str | None = module.unavailable(settings)
     return reason
+
+
+def outbox_event(
+    payload: bytes = b"{}",
+    *,
+    event_type: str = "order.created",
+    aggregate_type: str = "order",
+    aggregate_id: str = "1",
+    headers: dict[str, str] | None = None,
+    seq: int = 1,
+) -> models.OutboxEvent:
+    """An outbox row as a claim hands it to a publisher (pending, leased, a fresh event id):
+    for testing a :class:`~outbox_di.brokers.ports.Publisher` without a database."""
+    now = models.utcnow()
+    return models.claimed_event(
+        uuid.uuid4(),
+        seq,
+        aggregate_type,
+        aggregate_id,
+        event_type,
+        payload,
+        dict(headers or {}),
+        None,
+        now,
+        now,
+        0,
+        None,
+        uuid.uuid4(),
+        now,
+    )
