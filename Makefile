@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/claim.py
 	$(BIN)/python bench/fleet.py
 	$(BIN)/python bench/retention.py
+	$(BIN)/python bench/brokers.py
 
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.run

@@ -219,6 +219,10 @@ EXCEPTIONS: dict[str, tuple[str, Callable[[], None]]] = {
         "a benchmark: minutes of both shared cores (make bench runs it)",
         _script_takes("bench/fleet.py", "--rounds", "--backlog", "--schemas"),
     ),
+    ".venv/bin/python bench/brokers.py --rows 20000 --rounds 3": (
+        "a benchmark on three brokers: minutes of both shared cores (make bench runs it)",
+        _script_takes("bench/brokers.py", "--broker", "--rows", "--rounds"),
+    ),
     ".venv/bin/python bench/retention.py": (
         "a benchmark: minutes of both shared cores (make bench runs it)",
         _script_takes("bench/retention.py", "--events", "--window"),

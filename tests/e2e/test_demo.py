@@ -60,10 +60,15 @@ def test_demo_runs_on_each_broker(outbox_dsn: str, broker: str) -> None:
 
 @pytest.mark.timeout(240)
 def test_demo_with_the_workers_in_a_process_beside_the_server(
-    outbox_dsn: str, pubsub_emulator: EmulatorEndpoint
+    outbox_dsn: str, pubsub_inprocess_emulator: EmulatorEndpoint
 ) -> None:
     out = _demo(
-        outbox_dsn, "--workers", "process", "--concurrency", "8", pubsub_host=pubsub_emulator.host
+        outbox_dsn,
+        "--workers",
+        "process",
+        "--concurrency",
+        "8",
+        pubsub_host=pubsub_inprocess_emulator.host,
     )
     assert "its relay and inbox in an outbox-di worker process beside it" in out
 
