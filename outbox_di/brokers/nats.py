@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import re
@@ -69,8 +70,6 @@ _DEDUP_LINE = len(DEDUP_HEADER) + _HEADER_LINE + 36  # the event id is a 36-char
 _STREAM_MESSAGE_TOO_BIG = 10054  # JetStream's error code: over the stream's max_msg_size
 # How long close() waits for what it sends last (naks, the close itself).
 _CLOSE_TIMEOUT = 2.0
-# How long a receive that has one message waits for the server's answer about more.
-_MORE_WITHIN = 0.002
 
 
 def server_list(settings: config_module.OutboxConfig) -> list[str]:
@@ -540,16 +539,11 @@ class NatsSubscriber:
         try:
             # nats-py's fetch of a batch, once it waits on the server, returns only when the
             # batch is full or its timeout ends: in the demo that held single events for the
-            # whole receive timeout (10 s). So wait for one message, then take at once what
-            # else is ready (a no-wait pull, bounded by _MORE_WITHIN).
+            # whole receive timeout (10 s). So wait for one message, then take what else the
+            # consumer has ready, without waiting for more.
             messages = await subscription.fetch(batch=1, timeout=max(timeout, 0.01))
             if max_messages > 1:
-                # Nothing more ready (a timeout), or a failure: the message in hand goes on
-                # alone, and what came late waits in the subscription's queue.
-                with contextlib.suppress(Exception):
-                    messages += await subscription.fetch(
-                        batch=max_messages - 1, timeout=_MORE_WITHIN
-                    )
+                messages += await self._ready(subscription, max_messages - 1)
         except asyncio.TimeoutError:  # nats-py raises its own subclass, or asyncio's
             return []
         except Exception as exc:
@@ -570,6 +564,35 @@ class NatsSubscriber:
             unsettled[message.reply] = message
             deliveries.append(Delivery(received, len(message.data), message))
         return deliveries
+
+    async def _ready(
+        self, subscription: JetStreamContext.PullSubscription, limit: int
+    ) -> list[Msg]:
+        """Up to ``limit`` messages the consumer has ready now: a no-wait pull, whose answer
+        (the messages, then a "no messages" status when there were fewer) comes at once, read
+        to its end so that nothing of it is left behind in the subscription's queue. A pull
+        that cannot be made, or an answer that does not come within ``nats.connect_timeout``,
+        ends it with what came (what comes later waits in the queue for the next fetch)."""
+        client = self._client
+        inbox = getattr(subscription, "_sub", None)
+        subject = getattr(subscription, "_nms", None)
+        reply = getattr(subscription, "_deliver", None)
+        if client is None or inbox is None or not subject or not reply:
+            return []
+        taken: list[Msg] = []
+        try:
+            request = json.dumps({"batch": limit, "no_wait": True}).encode()
+            await client.publish(subject, request, reply=reply)
+            deadline = asyncio.get_running_loop().time() + self.settings.nats.connect_timeout
+            while len(taken) < limit:
+                remaining = deadline - asyncio.get_running_loop().time()
+                message = await inbox.next_msg(timeout=max(remaining, 0.001))
+                if JetStreamContext.is_status_msg(message):
+                    break  # the end of the answer: no more ready (or a 408 of an old pull)
+                taken.append(message)
+        except Exception as exc:  # a timeout, a lost connection: the messages in hand go on
+            self.logger.debug("NATS subscriber: the no-wait pull ended early: %s", exc)
+        return taken
 
     async def ack(self, deliveries: Sequence[Delivery]) -> int:
         """Acknowledge each delivery, then wait (one round trip, within

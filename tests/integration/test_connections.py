@@ -56,7 +56,13 @@ async def test_an_idle_web_process_gives_back_what_a_burst_opened(
         while pool.size > 1:
             assert asyncio.get_running_loop().time() < deadline, f"still {pool.size} open"
             await asyncio.sleep(0.05)
+        # The count is server-wide: a process of an earlier test still closing its pool (a
+        # worker draining after SIGTERM) may hold connections for a moment; ours stay at one.
         held = _connections(outbox_dsn)
+        while held.get("outbox_di", 0) - before > 1:
+            assert asyncio.get_running_loop().time() < deadline + 10, f"still {held}"
+            await asyncio.sleep(0.1)
+            held = _connections(outbox_dsn)
         assert held.get("outbox_di", 0) - before <= 1
         assert "outbox_di relay" not in held  # no relay pool in a web process
         # The pool still serves: the next enqueue opens a connection again.
